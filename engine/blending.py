@@ -294,7 +294,8 @@ def blend_append(
 
         image = vl[image_mask]                      # the image-patch rows, markers and text excluded
         k     = min(append_tokens, len(image))
-        out   = concat(text, alpha * pool_sequence(image, k))
+        t_bar = mean(text, rows)                    # [1, D]: the prompt's mean row
+        out   = concat(text, alpha * pool_sequence(image, k) + (1 - alpha) * t_bar)
 
     Length: ``len(text) + k``; the text rows are untouched (bit-exact), so the prompt's content is never
     overwritten, and the DiT's attention decides how much to take from the appended rows. All image tokens
@@ -302,10 +303,11 @@ def blend_append(
     appends nothing (the result equals ``text``). The caller fits the total under the caption limit
     (:func:`fit_caption`).
 
-    Caveat on ``alpha``: the Z-Image DiT RMS-normalises every caption row (``cap_embedder`` starts with an
-    RMSNorm), so multiplying the appended rows by ``alpha`` is almost entirely undone there; for alpha above
-    ~1e-3 alpha acts as on/off. Strength is better steered with ``append_tokens``, or by blending the appended rows
-    towards the text, which this function does not do.
+    Why the appended rows are mixed towards the prompt's mean row instead of simply multiplied by ``alpha``: the
+    Z-Image DiT RMS-normalises every caption row (``cap_embedder`` starts with an RMSNorm), which undoes any
+    scaling of a row, so ``alpha * pooled`` alone would make alpha an on/off switch. Mixing changes the rows'
+    *direction* continuously from "like the prompt" (alpha near 0) to "the reference's patches" (alpha = 1), which
+    survives the normalisation.
 
     ``image_mask`` is a bool tensor or list of ``L_vl`` values (``VLResult.image_mask``); a missing or all-False
     mask raises ``ValueError`` naming ``image_mask``. ``append_tokens`` must be an integer >= 1.
@@ -317,7 +319,8 @@ def blend_append(
         return text.clone()
     image = vl[mask]
     pooled = pool_sequence(image, min(k, image.shape[0]))
-    return torch.cat([text, (a * pooled).to(text.dtype)], dim=0)
+    appended = a * pooled + (1.0 - a) * text_c.mean(dim=0, keepdim=True)
+    return torch.cat([text, appended.to(text.dtype)], dim=0)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -250,7 +250,8 @@ def test_append_matches_reference(args, k, mask_seed):
         return
     assert out.shape == (len(text) + kk, vl.shape[1])
     assert torch.equal(out[: len(text)], text)  # the prompt rows are untouched, bit for bit
-    close(out[len(text) :], alpha * ref_pool(image, kk))
+    text_mean = text.numpy().astype(np.float64).mean(axis=0, keepdims=True)
+    close(out[len(text) :], alpha * ref_pool(image, kk) + (1 - alpha) * text_mean)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -282,7 +283,7 @@ def test_alpha_one_per_mode():
     mask = torch.zeros(90, dtype=torch.bool)
     mask[3:83] = True
     out = blend_append(vl, text, 1.0, mask, append_tokens=10)
-    assert torch.equal(out[6:], pool_sequence(vl[3:83], 10))
+    assert torch.allclose(out[6:], pool_sequence(vl[3:83], 10))
 
 
 def test_linear_keeps_text_rows_when_vl_is_shorter():
@@ -494,3 +495,17 @@ def test_helpers_reexported():
     for name in ("pool_sequence", "resample_linear", "fit_caption", "mask_outliers"):
         assert getattr(blending, name) is getattr(masking, name)
         assert name in blending.__all__
+
+
+def test_append_alpha_changes_row_direction_so_it_survives_rms_norm():
+    """The DiT RMS-normalises caption rows: alpha must change the appended rows' direction, not just their scale."""
+    gen = torch.Generator().manual_seed(11)
+    vl, text = rand(gen, 40, 16, scale=3.0), rand(gen, 5, 16)
+    mask = [True] * 40
+
+    def rms_normed(x):
+        return x / x.pow(2).mean(dim=1, keepdim=True).sqrt()
+
+    low = rms_normed(blend_append(vl, text, 0.2, mask, append_tokens=4)[5:])
+    high = rms_normed(blend_append(vl, text, 0.8, mask, append_tokens=4)[5:])
+    assert (low - high).abs().max() > 0.1
