@@ -484,10 +484,10 @@ class EmbeddingCache:
 
     async def put(
         self, key: str, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], *, kind: str = "tensor"
-    ) -> bool:
+    ) -> None:
         """Store ``tensors`` (saved contiguous, on the CPU) with JSON-safe ``meta`` under ``key``, then evict down
-        to the budget. Returns ``False`` without storing when the entry alone exceeds ``max_bytes`` or the file
-        cannot be written (disk full, permissions: logged, since a cache failure must not fail a job).
+        to the budget. Nothing is stored when the entry alone exceeds ``max_bytes`` or the file cannot be written
+        (disk full, permissions: logged, not raised, since a cache failure must not fail a job).
         """
         _check_key(key)
         meta_json = json.dumps(dict(meta), sort_keys=True, allow_nan=False)
@@ -496,7 +496,7 @@ class EmbeddingCache:
         if len(data) > self.max_bytes:
             log.info("cache entry %s (%d bytes) exceeds the budget of %d bytes; not stored", key[:12], len(data),
                      self.max_bytes)  # fmt: skip
-            return False
+            return
         rel = f"{key[:2]}/{key}-{checksum[:16]}.safetensors"
         async with self._lock(key):
             previous = await self.index.get(key)
@@ -504,14 +504,13 @@ class EmbeddingCache:
                 await asyncio.to_thread(_atomic_write, self.root / rel, data)
             except OSError as exc:
                 log.warning("cache write of %s failed: %s", key[:12], exc)
-                return False
+                return
             now = self._now()
             entry = CacheEntry(key, kind, rel, len(data), checksum, json.loads(meta_json), now, now)
             await self.index.upsert(entry)  # only now that the file is durable
             if previous is not None and previous.path != rel:
                 await asyncio.to_thread(_unlink, self.root / previous.path)
         await self._evict(keep=key)
-        return True
 
     async def get_vl(self, key: str) -> VLResult | None:
         """A cached :class:`VLResult` (see :meth:`put_vl`), or ``None``."""
@@ -530,12 +529,12 @@ class EmbeddingCache:
                 await self._drop(entry, f"not a VL entry ({exc})")
             return None
 
-    async def put_vl(self, key: str, result: VLResult) -> bool:
+    async def put_vl(self, key: str, result: VLResult) -> None:
         """Store ``result``: its embeddings as float32 under the name ``"embeddings"``, the rest as metadata."""
         import torch
 
         embeddings = result.embeddings.detach().to("cpu", torch.float32).contiguous()
-        return await self.put(key, {"embeddings": embeddings}, result.metadata(), kind="vl")
+        await self.put(key, {"embeddings": embeddings}, result.metadata(), kind="vl")
 
     async def delete(self, key: str) -> bool:
         """Remove one entry; ``False`` when there was none."""

@@ -199,7 +199,7 @@ async def test_round_trip_returns_identical_tensors_and_metadata(cache: Embeddin
         "view": torch.randn(8, 8).t(),  # non-contiguous input
     }
     meta = {"kinds": ["text"] * 5, "std": 61.25, "nested": {"a": [1, 2]}}
-    assert await cache.put(key_of(1), stored, meta) is True
+    await cache.put(key_of(1), stored, meta)
     got = await cache.get(key_of(1))
     assert got is not None
     tensors_out, meta_out = got
@@ -225,7 +225,7 @@ async def test_vl_result_round_trip(cache: EmbeddingCache) -> None:
         settings={"layers": -6, "tokens": "full"},
     )
     key = cache_key(vl_cache_record(**BASE_VL))
-    assert await cache.put_vl(key, result)
+    await cache.put_vl(key, result)
     back = await cache.get_vl(key)
     assert back is not None
     assert back.embeddings.dtype == torch.float32 and torch.equal(back.embeddings, result.embeddings)
@@ -289,13 +289,14 @@ async def test_lru_eviction_spares_the_recently_used(tmp_path: Path) -> None:
 
 async def test_entry_larger_than_budget_is_not_stored(tmp_path: Path) -> None:
     cache = EmbeddingCache(tmp_path / "c", MemoryCacheIndex(), max_bytes=100)
-    assert await cache.put(key_of(1), tensors(1), {}) is False
+    await cache.put(key_of(1), tensors(1), {})
     assert (await cache.stats())["entries"] == 0 and entry_files(cache.root) == []
 
 
 async def test_zero_budget_stores_nothing_and_negative_is_refused(tmp_path: Path) -> None:
     cache = EmbeddingCache(tmp_path / "c", MemoryCacheIndex(), max_bytes=0)
-    assert await cache.put(key_of(1), tensors(1), {}) is False and await cache.get(key_of(1)) is None
+    await cache.put(key_of(1), tensors(1), {})
+    assert await cache.get(key_of(1)) is None and entry_files(cache.root) == []
     with pytest.raises(ValueError, match="max_bytes"):
         EmbeddingCache(tmp_path, MemoryCacheIndex(), max_bytes=-1)
 
@@ -428,3 +429,20 @@ async def test_file_header_names_key_and_metadata(cache: EmbeddingCache) -> None
         header = handle.metadata()
     assert header["zvl.key"] == key_of(1) and header["zvl.kind"] == "text"
     assert json.loads(header["zvl.meta"]) == {"m": [1, 2]}
+
+
+async def test_write_failure_is_logged_not_raised(cache: EmbeddingCache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk makes put() store nothing; the job that called it carries on."""
+
+    def disk_full(path: Path, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache_mod, "_atomic_write", disk_full)
+    await cache.put(key_of(1), tensors(1), {})
+    assert (await cache.stats())["entries"] == 0
+
+
+async def test_get_vl_of_a_non_vl_entry_is_a_dropped_miss(cache: EmbeddingCache) -> None:
+    await cache.put(key_of(1), {"other": torch.zeros(2)}, {"shape": [2]})
+    assert await cache.get_vl(key_of(1)) is None
+    assert (await cache.stats())["corrupt"] == 1 and await cache.index.get(key_of(1)) is None
