@@ -117,7 +117,13 @@ class GatewayServer:
         try:
             await asyncio.wait_for(conn.ws.close(code=code, message=reason.encode()), CLOSE_TIMEOUT)
         except (asyncio.TimeoutError, ConnectionResetError, RuntimeError):
-            conn.request.transport and conn.request.transport.abort()
+            self._abort(conn)
+
+    @staticmethod
+    def _abort(conn: Connection) -> None:
+        transport = conn.request.transport
+        if transport is not None:
+            transport.abort()
 
     async def _on_frame(self, conn: Connection, raw: str | bytes) -> None:
         try:
@@ -257,9 +263,7 @@ class GatewayServer:
         if conn is None or not conn.open:
             raise RuntimeError("the bot is not connected to the fake gateway")
         if code is None:
-            transport = conn.request.transport
-            if transport is not None:
-                transport.abort()
+            self._abort(conn)
         else:
             await self._close(conn, code, "Dropped by the test.")
 

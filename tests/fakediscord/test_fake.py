@@ -28,7 +28,7 @@ class ZvlLikeBot(commands.Bot):
     """A small bot exercising what zvl-bot does: defer + file follow-ups, ephemeral replies, buttons, errors."""
 
     def __init__(self) -> None:
-        super().__init__(command_prefix="!", intents=discord.Intents.default(), guild_ready_timeout=0.05, help_command=None)
+        super().__init__(command_prefix=commands.when_mentioned, intents=discord.Intents.default(), guild_ready_timeout=0.05, help_command=None)
         self.errors: list[app_commands.AppCommandError] = []
         self.stash: dict[str, discord.Interaction] = {}
         self.tree.error(self._on_tree_error)
@@ -87,6 +87,10 @@ class ZvlLikeBot(commands.Bot):
             names = ["watercolor", "woodcut", "oil"]
             return [app_commands.Choice(name=n, value=n) for n in names if n.startswith(current)]
 
+        @tree.command(description="Open a feedback form")
+        async def feedback(interaction: discord.Interaction) -> None:
+            await interaction.response.send_modal(FeedbackModal())
+
         preset = app_commands.Group(name="preset", description="Presets")
         mine = app_commands.Group(name="mine", description="My presets", parent=preset)
 
@@ -106,6 +110,16 @@ class CounterView(discord.ui.View):
     async def add(self, interaction: discord.Interaction, button: discord.ui.Button[CounterView]) -> None:
         self.count += 1
         await interaction.response.edit_message(content=f"count: {self.count}", view=self)
+
+    @discord.ui.button(label="reset", custom_id="counter:reset")
+    async def reset(self, interaction: discord.Interaction, button: discord.ui.Button[CounterView]) -> None:
+        await interaction.response.defer()  # type 6: no visible answer yet
+        self.count = 0
+        await interaction.edit_original_response(content="count: reset", view=None)
+
+
+class FeedbackModal(discord.ui.Modal, title="Feedback"):
+    text: discord.ui.TextInput[FeedbackModal] = discord.ui.TextInput(label="Your feedback", custom_id="feedback:text")
 
 
 @pytest.fixture
@@ -155,6 +169,7 @@ async def test_login_ready_and_guilds(fake: FakeDiscord, bot: ZvlLikeBot) -> Non
     first = fake.connections[0]
     assert first.path == "/gateway" and first.query["compress"] == "zlib-stream" and first.query["v"] == "10"
     assert fake.identify_payloads[0]["token"] == "fake-token"
+    assert first.heartbeats >= 1 and bot.latency < 1  # HELLO's first heartbeat was acknowledged
 
 
 async def test_sync_records_bulk_overwrite(fake: FakeDiscord, bot: ZvlLikeBot) -> None:
@@ -165,6 +180,14 @@ async def test_sync_records_bulk_overwrite(fake: FakeDiscord, bot: ZvlLikeBot) -
     assert all(c["id"] and c["application_id"] == str(fake.application_id) for c in commands_)
     draw = next(c for c in commands_ if c["name"] == "draw")
     assert [(o["name"], o["type"]) for o in draw["options"]] == [("prompt", 3), ("ref", 11)]
+    guild = next(iter(fake.world.guilds.values()))
+    bot.tree.copy_global_to(guild=discord.Object(guild.id))
+    await bot.tree.sync(guild=discord.Object(guild.id))
+    guild_draw = next(c for c in fake.commands(guild.id) if c["name"] == "draw")
+    assert guild_draw["guild_id"] == str(guild.id) and guild_draw["id"] != draw["id"]
+    rec = await fake.dispatch_slash("say", {"n": 3})
+    assert rec.payload["data"]["guild_id"] == str(guild.id)  # routed to the guild copy, as Discord would
+    assert (await rec.wait_ack(2)).content == "xxx"
 
 
 async def test_defer_then_followup_with_file_from_attachment(fake: FakeDiscord, bot: ZvlLikeBot) -> None:
@@ -204,6 +227,17 @@ async def test_button_press_answered_with_update(fake: FakeDiscord, bot: ZvlLike
         ack = await press.wait_ack(2)
         assert ack.type == 7 and ack.content == f"count: {expected}"
     assert fake.message(message_id)["content"] == "count: 2"
+    press = await fake.dispatch_component(message_id, "counter:reset")
+    assert (await press.wait_ack(2)).type == 6
+    (edit,) = (await press.wait_requests(2))[1:]
+    assert edit.kind == "edit" and edit.path.endswith("/messages/@original") and edit.message_id == message_id
+    assert fake.message(message_id)["content"] == "count: reset" and fake.message(message_id)["components"] == []
+
+
+async def test_modal_response(fake: FakeDiscord, bot: ZvlLikeBot) -> None:
+    rec = await fake.dispatch_slash("feedback")
+    assert (await rec.wait_ack(2)).type == 9
+    assert rec.modal is not None and rec.modal["title"] == "Feedback"
 
 
 async def test_autocomplete_choices(fake: FakeDiscord, bot: ZvlLikeBot) -> None:
@@ -267,7 +301,7 @@ async def test_file_over_the_limit_gets_413(fake: FakeDiscord, bot: ZvlLikeBot) 
     assert [getattr(e, "original", None).status for e in bot.errors] == [413, 413]  # type: ignore[union-attr]
 
 
-async def test_rate_limited_followup_is_retried(fake: FakeDiscord, bot: ZvlLikeBot) -> None:
+async def test_rate_limited_requests_are_retried(fake: FakeDiscord, bot: ZvlLikeBot) -> None:
     fake.rate_limit("POST", r"^/webhooks/\d+/[^/]+$", times=1, retry_after=0.3)
     started = time.monotonic()
     rec = await fake.dispatch_slash("draw", {"prompt": "retry"})
@@ -276,6 +310,13 @@ async def test_rate_limited_followup_is_retried(fake: FakeDiscord, bot: ZvlLikeB
     assert time.monotonic() - started >= 0.3
     statuses = [r.status for r in fake.requests if r.method == "POST" and r.path.startswith("/api/v10/webhooks/")]
     assert statuses == [429, 200]
+    fake.rate_limit("POST", r"^/channels/\d+/messages$", times=2, retry_after=0.05)
+    rec = await fake.dispatch_slash("announce", {"text": "after two 429s"})
+    await rec.wait_ack(2)
+    guild = next(iter(fake.world.guilds.values()))
+    messages = await fake.wait_channel_messages(guild.first_text_channel().id, 2)
+    assert [m["content"] for m in messages] == ["done: retry", "after two 429s"]
+    assert [r.status for r in fake.requests if r.path.endswith("/messages")] == [429, 429, 200]
     assert bot.errors == []
 
 
@@ -307,6 +348,18 @@ async def test_gateway_drop_resume_and_replay(fake: FakeDiscord, bot: ZvlLikeBot
     assert session is not None and len(fake.gateway.sessions) == 1
     await asyncio.sleep(0.05)
     assert bot.ws.sequence == session.seq
+
+
+async def test_reconnect_and_invalid_session(fake: FakeDiscord, bot: ZvlLikeBot) -> None:
+    await fake.send_reconnect()  # op 7: the bot closes and resumes
+    await fake.wait_resumed(1)
+    # op 9 with d=true: resumable. (With d=false discord.py re-IDENTIFYs, but only after sleeping 5 s.)
+    await fake.invalidate_session(resumable=True)
+    await fake.wait_resumed(2)
+    rec = await fake.dispatch_slash("counter")
+    await rec.wait_ack(3)
+    assert [c.resumed for c in fake.connections] == [False, True, True]
+    assert len(fake.gateway.sessions) == 1
 
 
 async def test_second_ack_and_raw_rules(fake: FakeDiscord, bot: ZvlLikeBot) -> None:
