@@ -63,5 +63,7 @@ async def _read_multipart(request: web.Request) -> tuple[dict[str, Any] | None, 
             ctype = part.headers.get(hdrs.CONTENT_TYPE, "application/octet-stream")
             files.append(UploadedFile(name, filename, ctype, bytes(data)))
     else:
-        raise DiscordError(400, 50035, "Invalid Form Body", {"_errors": [{"code": "TOO_MANY_PARTS", "message": "Too many parts."}]})
+        raise DiscordError(
+            400, 50035, "Invalid Form Body", {"_errors": [{"code": "TOO_MANY_PARTS", "message": "Too many parts."}]}
+        )
     return payload, files

@@ -92,7 +92,9 @@ class FakeDiscord:
     async def __aenter__(self) -> FakeDiscord:
         return await self.start()
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stop()
 
     @property
@@ -157,11 +159,19 @@ class FakeDiscord:
     def add_role(self, guild_id: int, name: str, permissions: int = 0) -> FakeRole:
         return self.world.add_role(guild_id, name, permissions)
 
-    def add_member(self, guild_id: int, user_id: int, *, roles: list[int] | None = None, nick: str | None = None) -> FakeMember:
+    def add_member(
+        self, guild_id: int, user_id: int, *, roles: list[int] | None = None, nick: str | None = None
+    ) -> FakeMember:
         return self.world.add_member(guild_id, user_id, roles=roles, nick=nick)
 
     def add_attachment(
-        self, data: bytes, filename: str, content_type: str | None = None, *, width: int | None = None, height: int | None = None
+        self,
+        data: bytes,
+        filename: str,
+        content_type: str | None = None,
+        *,
+        width: int | None = None,
+        height: int | None = None,
     ) -> dict[str, Any]:
         """Put bytes on the fake CDN; returns the attachment object (``url``/``proxy_url`` serve the bytes)."""
         return self.world.add_cdn_file(data, filename, content_type, width=width, height=height)
@@ -173,7 +183,14 @@ class FakeDiscord:
     # -- rules ---------------------------------------------------------------------------------------
 
     def rate_limit(
-        self, method: str, path_regex: str, *, times: int = 1, retry_after: float = 0.2, is_global: bool = False, scope: str = "user"
+        self,
+        method: str,
+        path_regex: str,
+        *,
+        times: int = 1,
+        retry_after: float = 0.2,
+        is_global: bool = False,
+        scope: str = "user",
     ) -> RateLimitRule:
         """Answer the next ``times`` matching requests with 429. ``path_regex`` is searched in the path
         after ``/api/v10`` (e.g. ``r"^/webhooks/"``); ``method`` may be ``"*"``."""
@@ -214,8 +231,14 @@ class FakeDiscord:
         Defaults: the first guild and its first text channel; member/app permissions from roles unless given.
         """
         payload, guild = build.base_payload(
-            self.world, 2, guild_id=guild_id, channel_id=channel_id, user_id=user_id,
-            permissions=permissions, app_permissions=app_permissions, locale=locale,
+            self.world,
+            2,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            user_id=user_id,
+            permissions=permissions,
+            app_permissions=app_permissions,
+            locale=locale,
         )
         uid = int(payload["member"]["user"]["id"])
         payload["data"] = build.command_data(self.world, guild, uid, name, options, group=group, subcommand=subcommand)
@@ -236,8 +259,14 @@ class FakeDiscord:
     ) -> InteractionRecord:
         """Autocomplete (type 4) while typing option ``focused``; the type 8 answer lands in ``record.choices``."""
         payload, guild = build.base_payload(
-            self.world, 4, guild_id=guild_id, channel_id=channel_id, user_id=user_id,
-            permissions=None, app_permissions=None, locale=locale,
+            self.world,
+            4,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            user_id=user_id,
+            permissions=None,
+            app_permissions=None,
+            locale=locale,
         )
         uid = int(payload["member"]["user"]["id"])
         payload["data"] = build.command_data(
@@ -259,8 +288,14 @@ class FakeDiscord:
         """Press button ``custom_id`` (or pick select ``values``) on a message the bot sent."""
         message = self.world.message(message_id)
         payload, _ = build.base_payload(
-            self.world, 3, guild_id=int(message["guild_id"]), channel_id=int(message["channel_id"]), user_id=user_id,
-            permissions=permissions, app_permissions=None, locale=locale,
+            self.world,
+            3,
+            guild_id=int(message["guild_id"]),
+            channel_id=int(message["channel_id"]),
+            user_id=user_id,
+            permissions=permissions,
+            app_permissions=None,
+            locale=locale,
         )
         payload["message"] = dict(message)
         payload["data"] = build.component_data(custom_id, component_type, values)
@@ -285,7 +320,9 @@ class FakeDiscord:
     async def wait_resumed(self, count: int = 1, timeout: float = 10.0) -> None:
         """Wait until ``count`` RESUMEs in total have succeeded and the bot is connected again."""
         await self.world.changes.wait_until(
-            lambda: self.gateway.resumes >= count and self.gateway.current is not None and self.gateway.current.connected,
+            lambda: (
+                self.gateway.resumes >= count and self.gateway.current is not None and self.gateway.current.connected
+            ),
             timeout,
             f"{count} resume(s)",
         )
@@ -325,7 +362,9 @@ class FakeDiscord:
         """Every bulk overwrite the bot made, in order (the bodies it sent)."""
         return list(self.world.syncs)
 
-    async def wait_synced(self, guild_id: int | None = None, count: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
+    async def wait_synced(
+        self, guild_id: int | None = None, count: int = 1, timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
         """Wait for ``count`` bulk overwrites of the given scope; returns the registered commands."""
         await self.world.changes.wait_until(
             lambda: sum(s.guild_id == guild_id for s in self.world.syncs) >= count, timeout, "a command sync"
@@ -340,9 +379,13 @@ class FakeDiscord:
         """Non-ephemeral, not deleted messages in a channel (channel sends and interaction responses), oldest first."""
         return self.world.channel_messages(channel_id)
 
-    async def wait_channel_messages(self, channel_id: int, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
+    async def wait_channel_messages(
+        self, channel_id: int, count: int = 1, timeout: float = 5.0
+    ) -> list[dict[str, Any]]:
         await self.world.changes.wait_until(
-            lambda: len(self.world.channel_messages(channel_id)) >= count, timeout, f"{count} message(s) in {channel_id}"
+            lambda: len(self.world.channel_messages(channel_id)) >= count,
+            timeout,
+            f"{count} message(s) in {channel_id}",
         )
         return self.world.channel_messages(channel_id)
 

@@ -95,11 +95,13 @@ class GatewayServer:
         self.connections.append(conn)
         receive_timeout = self.heartbeat_interval_ms / 1000 * 2 + 5
         try:
-            await conn.send({"op": OP_HELLO, "d": {"heartbeat_interval": self.heartbeat_interval_ms}, "s": None, "t": None})
+            await conn.send(
+                {"op": OP_HELLO, "d": {"heartbeat_interval": self.heartbeat_interval_ms}, "s": None, "t": None}
+            )
             while not ws.closed:
                 try:
                     msg = await ws.receive(timeout=receive_timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     await self._close(conn, 4009, "Session timed out")
                     break
                 if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -116,7 +118,7 @@ class GatewayServer:
     async def _close(self, conn: Connection, code: int, reason: str) -> None:
         try:
             await asyncio.wait_for(conn.ws.close(code=code, message=reason.encode()), CLOSE_TIMEOUT)
-        except (asyncio.TimeoutError, ConnectionResetError, RuntimeError):
+        except (TimeoutError, ConnectionResetError, RuntimeError):
             self._abort(conn)
 
     @staticmethod
@@ -225,7 +227,12 @@ class GatewayServer:
             if (not wanted or m.user_id in wanted) and self.world.users[m.user_id].username.lower().startswith(query)
         ]
         limit = int(data.get("limit") or 0)
-        chunk = {"guild_id": str(guild.id), "members": members[:limit] if limit else members, "chunk_index": 0, "chunk_count": 1}
+        chunk = {
+            "guild_id": str(guild.id),
+            "members": members[:limit] if limit else members,
+            "chunk_index": 0,
+            "chunk_count": 1,
+        }
         if data.get("nonce") is not None:
             chunk["nonce"] = data["nonce"]
         await self.dispatch("GUILD_MEMBERS_CHUNK", chunk, session)
@@ -242,7 +249,8 @@ class GatewayServer:
         """Send a DISPATCH event (buffered for RESUME if the bot is disconnected); return its sequence number."""
         session = self._session(session)
         session.seq += 1
-        frame = {"op": OP_DISPATCH, "s": session.seq, "t": event, "d": data}
+        seq = session.seq
+        frame = {"op": OP_DISPATCH, "s": seq, "t": event, "d": data}
         session.events.append(frame)
         conn = session.connection
         if conn is not None and conn.open:
@@ -250,7 +258,7 @@ class GatewayServer:
                 await conn.send(frame)
             except (ConnectionResetError, RuntimeError):
                 pass  # the bot resumes and gets it replayed
-        return frame["s"]
+        return seq
 
     async def send_op(self, op: int, data: Any) -> None:
         session = self._session(None)

@@ -12,11 +12,22 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import payloads
+from .rules import DiscordError
 from .state import FakeChannel, FakeGuild, FakeMember, FakeRole, FakeUser
 from .world import World
 
 SUB_COMMAND, SUB_COMMAND_GROUP, STRING, INTEGER, BOOLEAN, USER, CHANNEL, ROLE, MENTIONABLE, NUMBER, ATTACHMENT = (
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    9,
+    10,
+    11,
 )
 
 
@@ -55,6 +66,15 @@ def _infer_type(value: Any) -> int:
     return STRING
 
 
+def _snowflake(value: Any) -> int:
+    """The id of a fake entity, or the value itself as an int."""
+    if isinstance(value, FakeMember):
+        return value.user_id
+    if isinstance(value, (FakeUser, FakeRole, FakeChannel)):
+        return value.id
+    return int(value)
+
+
 class _Resolver:
     """Builds option values and the ``resolved`` map for one interaction."""
 
@@ -68,23 +88,18 @@ class _Resolver:
         self.resolved.setdefault(kind, {})[str(key)] = value
 
     def option(self, name: str, value: Any, kind: int) -> dict[str, Any]:
-        if kind in (USER, MENTIONABLE) and isinstance(value, (FakeUser, FakeMember, int, str)) and not isinstance(value, bool):
-            uid = value.id if isinstance(value, FakeUser) else value.user_id if isinstance(value, FakeMember) else int(value)
-            if uid in self.world.users:
-                self._put("users", uid, payloads.user(self.world.users[uid]))
-                member = self.guild.members.get(uid)
-                if member is not None:
-                    perms = self.guild.permissions_of(uid)
-                    self._put("members", uid, payloads.member(member, self.world.users[uid], permissions=perms, with_user=False))
-                value = uid
-            elif kind == MENTIONABLE and int(value) in self.guild.roles:
-                value = self._role(int(value))
-        elif kind == ROLE:
-            value = self._role(value.id if isinstance(value, FakeRole) else int(value))
+        """One ``{"name", "type", "value"}`` option; snowflake-typed values also land in ``resolved``."""
+        if kind == USER or (
+            kind == MENTIONABLE and not isinstance(value, FakeRole) and _snowflake(value) in self.world.users
+        ):
+            value = str(self._user(_snowflake(value)))
+        elif kind in (ROLE, MENTIONABLE):
+            value = str(self._role(_snowflake(value)))
         elif kind == CHANNEL:
-            channel = self.world.channel(value.id if isinstance(value, FakeChannel) else int(value))
-            self._put("channels", channel.id, payloads.channel(channel) | {"permissions": str(self.guild.permissions_of(self.user_id))})
-            value = channel.id
+            channel = self.world.channel(_snowflake(value))
+            permissions = {"permissions": str(self.guild.permissions_of(self.user_id))}
+            self._put("channels", channel.id, payloads.channel(channel) | permissions)
+            value = str(channel.id)
         elif kind == ATTACHMENT:
             attachment = dict(value) if isinstance(value, Mapping) else self._known_attachment(int(value))
             self._put("attachments", attachment["id"], attachment)
@@ -97,9 +112,16 @@ class _Resolver:
             value = bool(value)
         else:
             value = str(value)
-        if kind in (USER, CHANNEL, ROLE, MENTIONABLE):
-            value = str(value)
         return {"name": name, "type": kind, "value": value}
+
+    def _user(self, user_id: int) -> int:
+        user = self.world.users[user_id]
+        self._put("users", user_id, payloads.user(user))
+        member = self.guild.members.get(user_id)
+        if member is not None:
+            perms = self.guild.permissions_of(user_id)
+            self._put("members", user_id, payloads.member(member, user, permissions=perms, with_user=False))
+        return user_id
 
     def _role(self, role_id: int) -> int:
         self._put("roles", role_id, payloads.role(self.guild.roles[role_id]))
@@ -178,7 +200,10 @@ def command_data(
     leaf = []
     for opt_name, value in (options or {}).items():
         kind = types.get(opt_name) or _infer_type(value)
-        entry = resolver.option(opt_name, value, kind)
+        try:
+            entry = resolver.option(opt_name, value, kind)
+        except (LookupError, ValueError, TypeError, DiscordError) as exc:
+            raise ValueError(f"option {opt_name!r}: cannot use {value!r} as option type {kind}: {exc}") from None
         if focused is not None and opt_name == focused:
             entry["value"], entry["focused"] = str(value), True
         leaf.append(entry)

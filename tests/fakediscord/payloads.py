@@ -207,7 +207,9 @@ def message(
     return data
 
 
-def apply_edit(msg: dict[str, Any], body: dict[str, Any], attachments: list[dict[str, Any]] | None, timestamp: str) -> None:
+def apply_edit(
+    msg: dict[str, Any], body: dict[str, Any], attachments: list[dict[str, Any]] | None, timestamp: str
+) -> None:
     """Apply an edit body to a stored message in place (``attachments=None`` keeps the current ones)."""
     for key in ("content", "embeds", "components"):
         if key in body:

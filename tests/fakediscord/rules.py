@@ -89,16 +89,16 @@ def _check_embeds(embeds: list[dict[str, Any]], errors: FormErrors, limits: Limi
         return
     for i, embed in enumerate(embeds):
         at: Path = ("embeds", str(i))
-        errors.max_length(at + ("title",), embed.get("title"), limits.embed_title)
-        errors.max_length(at + ("description",), embed.get("description"), limits.embed_description)
-        errors.max_length(at + ("footer", "text"), (embed.get("footer") or {}).get("text"), limits.footer_text)
-        errors.max_length(at + ("author", "name"), (embed.get("author") or {}).get("name"), limits.author_name)
+        errors.max_length((*at, "title"), embed.get("title"), limits.embed_title)
+        errors.max_length((*at, "description"), embed.get("description"), limits.embed_description)
+        errors.max_length((*at, "footer", "text"), (embed.get("footer") or {}).get("text"), limits.footer_text)
+        errors.max_length((*at, "author", "name"), (embed.get("author") or {}).get("name"), limits.author_name)
         fields = embed.get("fields") or []
         if len(fields) > limits.embed_fields:
-            errors.add(at + ("fields",), "BASE_TYPE_MAX_LENGTH", f"Must be {limits.embed_fields} or fewer in length.")
+            errors.add((*at, "fields"), "BASE_TYPE_MAX_LENGTH", f"Must be {limits.embed_fields} or fewer in length.")
         for j, f in enumerate(fields[: limits.embed_fields]):
-            errors.max_length(at + ("fields", str(j), "name"), f.get("name"), limits.field_name)
-            errors.max_length(at + ("fields", str(j), "value"), f.get("value"), limits.field_value)
+            errors.max_length((*at, "fields", str(j), "name"), f.get("name"), limits.field_name)
+            errors.max_length((*at, "fields", str(j), "value"), f.get("value"), limits.field_value)
     if sum(_embed_size(e) for e in embeds) > limits.embed_total:
         errors.add(("embeds",), "MAX_EMBED_SIZE_EXCEEDED", f"Embed size exceeds maximum size of {limits.embed_total}")
 
@@ -106,11 +106,11 @@ def _check_embeds(embeds: list[dict[str, Any]], errors: FormErrors, limits: Limi
 def _walk_components(components: list[dict[str, Any]], at: Path) -> list[tuple[Path, dict[str, Any]]]:
     found: list[tuple[Path, dict[str, Any]]] = []
     for i, comp in enumerate(components):
-        here = at + (str(i),)
+        here = (*at, str(i))
         found.append((here, comp))
-        found.extend(_walk_components(comp.get("components") or [], here + ("components",)))
+        found.extend(_walk_components(comp.get("components") or [], (*here, "components")))
         if isinstance(comp.get("accessory"), dict):
-            found.append((here + ("accessory",), comp["accessory"]))
+            found.append(((*here, "accessory"), comp["accessory"]))
     return found
 
 
@@ -125,16 +125,26 @@ def _check_components(components: list[dict[str, Any]], v2: bool, errors: FormEr
         if comp.get("type") == 1:
             children = comp.get("components") or []
             if not children or len(children) > limits.row_buttons:
-                errors.add(path + ("components",), "BASE_TYPE_BAD_LENGTH", f"Must be between 1 and {limits.row_buttons} in length.")
+                errors.add(
+                    (*path, "components"),
+                    "BASE_TYPE_BAD_LENGTH",
+                    f"Must be between 1 and {limits.row_buttons} in length.",
+                )
             elif any(c.get("type") != 2 for c in children) and len(children) > 1:
-                errors.add(path + ("components",), "COMPONENT_LAYOUT_WIDTH_EXCEEDED", "The specified component exceeds the maximum width")
+                errors.add(
+                    (*path, "components"),
+                    "COMPONENT_LAYOUT_WIDTH_EXCEEDED",
+                    "The specified component exceeds the maximum width",
+                )
         elif not v2 and len(path) == 2:
-            errors.add(path + ("type",), "UNION_TYPE_CHOICES", "Value of field \"type\" must be one of (1,).")
+            errors.add((*path, "type"), "UNION_TYPE_CHOICES", 'Value of field "type" must be one of (1,).')
         custom_id = comp.get("custom_id")
         if custom_id is not None:
-            errors.max_length(path + ("custom_id",), custom_id, limits.custom_id)
+            errors.max_length((*path, "custom_id"), custom_id, limits.custom_id)
             if custom_id in seen:
-                errors.add(path + ("custom_id",), "COMPONENT_CUSTOM_ID_DUPLICATED", "Component custom id cannot be duplicated")
+                errors.add(
+                    (*path, "custom_id"), "COMPONENT_CUSTOM_ID_DUPLICATED", "Component custom id cannot be duplicated"
+                )
             seen.add(custom_id)
 
 
@@ -161,7 +171,9 @@ def validate_message(
     if count > limits.attachments:
         errors.add(("attachments",), "BASE_TYPE_MAX_LENGTH", f"Must be {limits.attachments} or fewer in length.")
     errors.raise_if_any()
-    if creating and not (content or body.get("embeds") or body.get("components") or files or body.get("sticker_ids") or body.get("poll")):
+    if creating and not (
+        content or body.get("embeds") or body.get("components") or files or body.get("sticker_ids") or body.get("poll")
+    ):
         raise DiscordError(400, 50006, "Cannot send an empty message")
 
 
@@ -178,19 +190,21 @@ def validate_commands(commands: Any) -> None:
     """Basic checks Discord makes on a bulk overwrite: names, descriptions, option counts, uniqueness."""
     errors = FormErrors()
     if not isinstance(commands, list):
-        raise DiscordError(400, 50035, "Invalid Form Body", {"_errors": [{"code": "BASE_TYPE_ARRAY", "message": "Must be an array."}]})
+        raise DiscordError(
+            400, 50035, "Invalid Form Body", {"_errors": [{"code": "BASE_TYPE_ARRAY", "message": "Must be an array."}]}
+        )
     names: set[tuple[str, int]] = set()
     for i, cmd in enumerate(commands):
         at: Path = (str(i),)
         name, kind = str(cmd.get("name", "")), int(cmd.get("type", 1))
         if kind == 1 and (not _NAME.match(name) or name != name.lower()):
-            errors.add(at + ("name",), "APPLICATION_COMMAND_INVALID_NAME", "Command name is invalid")
+            errors.add((*at, "name"), "APPLICATION_COMMAND_INVALID_NAME", "Command name is invalid")
         if (name, kind) in names:
-            errors.add(at + ("name",), "APPLICATION_COMMANDS_DUPLICATE_NAME", "Application command names must be unique")
+            errors.add((*at, "name"), "APPLICATION_COMMANDS_DUPLICATE_NAME", "Application command names must be unique")
         names.add((name, kind))
         if kind == 1:
-            errors.max_length(at + ("description",), cmd.get("description") or "", 100)
-        _check_options(cmd.get("options") or [], at + ("options",), errors)
+            errors.max_length((*at, "description"), cmd.get("description") or "", 100)
+        _check_options(cmd.get("options") or [], (*at, "options"), errors)
     errors.raise_if_any()
 
 
@@ -200,8 +214,8 @@ def _check_options(options: list[dict[str, Any]], at: Path, errors: FormErrors) 
     for i, opt in enumerate(options):
         name = str(opt.get("name", ""))
         if not _NAME.match(name) or name != name.lower():
-            errors.add(at + (str(i), "name"), "APPLICATION_COMMAND_INVALID_NAME", "Command name is invalid")
-        errors.max_length(at + (str(i), "description"), opt.get("description") or "", 100)
-        errors.max_length(at + (str(i), "choices"), opt.get("choices"), 25)
+            errors.add((*at, str(i), "name"), "APPLICATION_COMMAND_INVALID_NAME", "Command name is invalid")
+        errors.max_length((*at, str(i), "description"), opt.get("description") or "", 100)
+        errors.max_length((*at, str(i), "choices"), opt.get("choices"), 25)
         if opt.get("type") in (1, 2):
-            _check_options(opt.get("options") or [], at + (str(i), "options"), errors)
+            _check_options(opt.get("options") or [], (*at, str(i), "options"), errors)

@@ -120,7 +120,9 @@ class RestServer:
 
     async def get_application(self, request: web.Request) -> web.Response:
         w = self.world
-        return json_response(payloads.application(w.application_id, w.bot_user.username, w.app_owner, w.application_flags))
+        return json_response(
+            payloads.application(w.application_id, w.bot_user.username, w.app_owner, w.application_flags)
+        )
 
     async def cdn_file(self, request: web.Request) -> web.Response:
         blob = self.world.cdn.get(int(request.match_info["attachment_id"]))

@@ -53,7 +53,7 @@ class FakeClock:
 
     def iso_now(self) -> str:
         """Wall-clock ISO 8601 timestamp (shifted by the offset), as Discord formats message timestamps."""
-        now = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=self._offset)
+        now = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self._offset)
         return now.isoformat()
 
 
@@ -89,7 +89,7 @@ class Changes:
                 raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
             try:
                 await asyncio.wait_for(self._event.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
 
 

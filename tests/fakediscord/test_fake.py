@@ -28,7 +28,12 @@ class ZvlLikeBot(commands.Bot):
     """A small bot exercising what zvl-bot does: defer + file follow-ups, ephemeral replies, buttons, errors."""
 
     def __init__(self) -> None:
-        super().__init__(command_prefix=commands.when_mentioned, intents=discord.Intents.default(), guild_ready_timeout=0.05, help_command=None)
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=discord.Intents.default(),
+            guild_ready_timeout=0.05,
+            help_command=None,
+        )
         self.errors: list[app_commands.AppCommandError] = []
         self.stash: dict[str, discord.Interaction] = {}
         self.tree.error(self._on_tree_error)
@@ -65,8 +70,8 @@ class ZvlLikeBot(commands.Bot):
 
         @tree.command(description="Say n characters")
         async def say(interaction: discord.Interaction, n: int, embed_description: int = 0) -> None:
-            embed = discord.Embed(description="e" * embed_description) if embed_description else None
-            await interaction.response.send_message("x" * n, embed=embed)
+            embeds = [discord.Embed(description="e" * embed_description)] if embed_description else []
+            await interaction.response.send_message("x" * n, embeds=embeds)
 
         @tree.command(description="A counter button")
         async def counter(interaction: discord.Interaction) -> None:
@@ -95,7 +100,9 @@ class ZvlLikeBot(commands.Bot):
         mine = app_commands.Group(name="mine", description="My presets", parent=preset)
 
         @mine.command(name="save", description="Save a preset")
-        async def preset_save(interaction: discord.Interaction, name: str, strength: float = 0.5, public: bool = False) -> None:
+        async def preset_save(
+            interaction: discord.Interaction, name: str, strength: float = 0.5, public: bool = False
+        ) -> None:
             await interaction.response.send_message(f"saved {name} {strength} {public}", ephemeral=True)
 
         tree.add_command(preset)
@@ -208,7 +215,9 @@ async def test_defer_then_followup_with_file_from_attachment(fake: FakeDiscord, 
 
 
 async def test_ephemeral_reply_to_a_subcommand_in_a_group(fake: FakeDiscord, bot: ZvlLikeBot) -> None:
-    rec = await fake.dispatch_slash("preset", {"name": "ink", "strength": 0.75, "public": True}, group="mine", subcommand="save")
+    rec = await fake.dispatch_slash(
+        "preset", {"name": "ink", "strength": 0.75, "public": True}, group="mine", subcommand="save"
+    )
     ack = await rec.wait_ack(2)
     assert ack.type == 4 and ack.ephemeral and ack.flags == 64
     assert ack.content == "saved ink 0.75 True"
@@ -367,16 +376,21 @@ async def test_second_ack_and_raw_rules(fake: FakeDiscord, bot: ZvlLikeBot) -> N
     await rec.wait_ack(2)
     channel_id = rec.channel_id
     async with aiohttp.ClientSession() as http:
+
         async def post(path: str, body: dict[str, Any]) -> tuple[int, Any]:
             async with http.post(fake.api_base + path, json=body) as resp:
                 return resp.status, await resp.json()
 
-        status, body = await post(f"/interactions/{rec.id}/{rec.token}/callback", {"type": 4, "data": {"content": "again"}})
+        status, body = await post(
+            f"/interactions/{rec.id}/{rec.token}/callback", {"type": 4, "data": {"content": "again"}}
+        )
         assert (status, body["code"]) == (400, 40060)
         row = {"type": 1, "components": [{"type": 2, "style": 1, "label": "b", "custom_id": "x" * 101}]}
         status, body = await post(f"/channels/{channel_id}/messages", {"components": [row]})
         assert status == 400 and "custom_id" in body["errors"]["components"]["0"]["components"]["0"]
-        rows = [{"type": 1, "components": [{"type": 2, "style": 1, "label": "b", "custom_id": f"{i}"}]} for i in range(6)]
+        rows = [
+            {"type": 1, "components": [{"type": 2, "style": 1, "label": "b", "custom_id": f"{i}"}]} for i in range(6)
+        ]
         status, body = await post(f"/channels/{channel_id}/messages", {"components": rows})
         assert status == 400 and "components" in body["errors"]
         embeds = [{"description": "d" * 4000}, {"description": "d" * 2001}]

@@ -32,7 +32,8 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 async def recv(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
     msg = await ws.receive(timeout=5)
     assert msg.type is aiohttp.WSMsgType.TEXT, msg
-    return json.loads(msg.data)
+    frame: dict[str, Any] = json.loads(msg.data)
+    return frame
 
 
 async def identify(ws: aiohttp.ClientWebSocketResponse, token: str = "t") -> list[dict[str, Any]]:
@@ -142,7 +143,9 @@ async def test_interaction_rules_without_a_bot(fake: FakeDiscord, http: aiohttp.
         hook = f"{fake.api_base}/webhooks/{fake.application_id}/{rec.token}"
         async with http.post(hook, json={"content": "too early"}) as resp:
             assert (resp.status, (await resp.json())["code"]) == (404, 10015)
-        async with http.post(f"{fake.api_base}/webhooks/{fake.application_id}/bad-token", json={"content": "x"}) as resp:
+        async with http.post(
+            f"{fake.api_base}/webhooks/{fake.application_id}/bad-token", json={"content": "x"}
+        ) as resp:
             assert (resp.status, (await resp.json())["code"]) == (401, 50027)
         fake.advance_time(3.5)
         assert rec.failed
@@ -161,7 +164,8 @@ def test_message_limits() -> None:
         with pytest.raises(DiscordError) as caught:
             validate_message(body, uploads, limits, creating=True)
         assert caught.value.status == 400
-        return caught.value.body.get("errors", caught.value.body)
+        found: dict[str, Any] = caught.value.body.get("errors", caught.value.body)
+        return found
 
     fields = [{"name": "n", "value": "v"}] * 26
     assert "fields" in errors({"embeds": [{"fields": fields}]})["embeds"]["0"]

@@ -55,13 +55,17 @@ class InteractionRoutes:
             status, body, message_id = await action()
         except DiscordError as exc:
             status, body, message_id = exc.status, exc.body, None
-        sent = SentRequest(kind, request.method, request.path, status, payload, files, body, message_id, self.world.clock.now())
+        sent = SentRequest(
+            kind, request.method, request.path, status, payload, files, body, message_id, self.world.clock.now()
+        )
         record.add_request(sent)
         return json_response(status=status, body=body)
 
     # -- helpers -------------------------------------------------------------------------------------
 
-    def _new_message(self, record: InteractionRecord, body: dict[str, Any], files: list[UploadedFile], flags: int) -> dict[str, Any]:
+    def _new_message(
+        self, record: InteractionRecord, body: dict[str, Any], files: list[UploadedFile], flags: int
+    ) -> dict[str, Any]:
         world = self.world
         channel_id = record.channel_id or 0
         user = record.payload.get("member", {}).get("user") or record.payload.get("user")
@@ -87,11 +91,21 @@ class InteractionRoutes:
         )
         return world.store_message(msg)
 
-    def _check_message(self, record: InteractionRecord, body: dict[str, Any], files: list[UploadedFile], *, creating: bool, prefix: tuple[str, ...] = ()) -> None:
+    def _check_message(
+        self,
+        record: InteractionRecord,
+        body: dict[str, Any],
+        files: list[UploadedFile],
+        *,
+        creating: bool,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
         check_file_sizes(files, self.world.file_limit(record.guild_id))
         validate_message(body, files, self.world.limits, creating=creating, prefix=prefix)
 
-    def _edit(self, record: InteractionRecord, msg: dict[str, Any], body: dict[str, Any], files: list[UploadedFile]) -> None:
+    def _edit(
+        self, record: InteractionRecord, msg: dict[str, Any], body: dict[str, Any], files: list[UploadedFile]
+    ) -> None:
         attachments = self.world.attachments_for(body, files, int(msg["channel_id"]), msg["attachments"])
         payloads.apply_edit(msg, body, attachments, self.world.clock.iso_now())
         self.world.changes.notify()
@@ -106,7 +120,9 @@ class InteractionRoutes:
         if record.token != request.match_info["token"]:
             raise unknown("interaction", 10062)
         payload, files = await read_body(request)
-        return await self._recorded(record, "callback", request, payload, files, lambda: self._ack(record, payload or {}, files))
+        return await self._recorded(
+            record, "callback", request, payload, files, lambda: self._ack(record, payload or {}, files)
+        )
 
     async def _ack(self, record: InteractionRecord, payload: dict[str, Any], files: list[UploadedFile]) -> Outcome:
         world = self.world
@@ -117,15 +133,30 @@ class InteractionRoutes:
         kind = payload.get("type")
         data = payload.get("data") or {}
         if kind not in ALLOWED_CALLBACKS.get(record.type, set()):
-            raise DiscordError(400, 50035, "Invalid Form Body", {"type": {"_errors": [
-                {"code": "INTERACTION_RESPONSE_TYPE_INVALID", "message": "Interaction response type is invalid"}]}})
+            raise DiscordError(
+                400,
+                50035,
+                "Invalid Form Body",
+                {
+                    "type": {
+                        "_errors": [
+                            {
+                                "code": "INTERACTION_RESPONSE_TYPE_INVALID",
+                                "message": "Interaction response type is invalid",
+                            }
+                        ]
+                    }
+                },
+            )
         msg: dict[str, Any] | None = None
         if kind == 4:
             self._check_message(record, data, files, creating=True, prefix=("data",))
             msg = self._new_message(record, data, files, int(data.get("flags") or 0))
             record.original_message_id = int(msg["id"])
         elif kind == 5:
-            msg = self._new_message(record, {"content": ""}, [], (int(data.get("flags") or 0) & payloads.EPHEMERAL) | payloads.LOADING)
+            msg = self._new_message(
+                record, {"content": ""}, [], (int(data.get("flags") or 0) & payloads.EPHEMERAL) | payloads.LOADING
+            )
             record.original_message_id = int(msg["id"])
         elif kind in (6, 7):
             record.original_message_id = record.target_message_id
@@ -138,13 +169,41 @@ class InteractionRoutes:
         elif kind == 8:
             choices = data.get("choices") or []
             if len(choices) > world.limits.autocomplete_choices:
-                raise DiscordError(400, 50035, "Invalid Form Body", {"data": {"choices": {"_errors": [
-                    {"code": "BASE_TYPE_MAX_LENGTH", "message": f"Must be {world.limits.autocomplete_choices} or fewer in length."}]}}})
+                raise DiscordError(
+                    400,
+                    50035,
+                    "Invalid Form Body",
+                    {
+                        "data": {
+                            "choices": {
+                                "_errors": [
+                                    {
+                                        "code": "BASE_TYPE_MAX_LENGTH",
+                                        "message": f"Must be {world.limits.autocomplete_choices} or fewer in length.",
+                                    }
+                                ]
+                            }
+                        }
+                    },
+                )
             record.choices = choices
         elif kind == 9:
             if not data.get("custom_id") or not data.get("title") or not 1 <= len(data.get("components") or []) <= 5:
-                raise DiscordError(400, 50035, "Invalid Form Body", {"data": {"_errors": [
-                    {"code": "MODAL_INVALID", "message": "A modal needs a custom_id, a title and 1 to 5 components"}]}})
+                raise DiscordError(
+                    400,
+                    50035,
+                    "Invalid Form Body",
+                    {
+                        "data": {
+                            "_errors": [
+                                {
+                                    "code": "MODAL_INVALID",
+                                    "message": "A modal needs a custom_id, a title and 1 to 5 components",
+                                }
+                            ]
+                        }
+                    },
+                )
             record.modal = data
         record.status, record.ack_type = "acked", kind
         world.changes.notify()

@@ -113,7 +113,9 @@ class World:
         self.channels[channel.id] = channel
         return channel
 
-    def add_member(self, guild_id: int, user_id: int, *, roles: list[int] | None = None, nick: str | None = None) -> FakeMember:
+    def add_member(
+        self, guild_id: int, user_id: int, *, roles: list[int] | None = None, nick: str | None = None
+    ) -> FakeMember:
         guild = self.guild(guild_id)
         if user_id not in self.users:
             raise ValueError(f"user_id {user_id} is not a user of this fake")
@@ -178,12 +180,24 @@ class World:
                 f = by_index.pop(key)
                 ctype = mimetypes.guess_type(f.filename)[0] or f.content_type
                 extra = {"description": entry.get("description"), "title": entry.get("title")}
-                result.append(self.add_cdn_file(f.data, entry.get("filename") or f.filename, ctype, channel_id=channel_id, **extra))
+                result.append(
+                    self.add_cdn_file(
+                        f.data, entry.get("filename") or f.filename, ctype, channel_id=channel_id, **extra
+                    )
+                )
             elif key in existing:
                 result.append(existing[key])
             else:
-                raise DiscordError(400, 50035, "Invalid Form Body", {"attachments": {"_errors": [
-                    {"code": "ATTACHMENT_NOT_FOUND", "message": f"Attachment {key} not found"}]}})
+                raise DiscordError(
+                    400,
+                    50035,
+                    "Invalid Form Body",
+                    {
+                        "attachments": {
+                            "_errors": [{"code": "ATTACHMENT_NOT_FOUND", "message": f"Attachment {key} not found"}]
+                        }
+                    },
+                )
         return result
 
     def store_message(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -205,7 +219,9 @@ class World:
         return [
             m
             for mid, m in self.messages.items()
-            if m["channel_id"] == str(channel_id) and mid not in self.deleted_messages and not m["flags"] & payloads.EPHEMERAL
+            if m["channel_id"] == str(channel_id)
+            and mid not in self.deleted_messages
+            and not m["flags"] & payloads.EPHEMERAL
         ]
 
     # -- interactions --------------------------------------------------------------------------------
