@@ -1,0 +1,229 @@
+"""engine.cli: the real command line on tiny models, error exits, and the sweep runner with a fake pipeline."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from engine.cli import Progress, cell_filename, main, run_sweep, vl_key
+from engine.images import read_png_metadata
+from engine.sweep import plan_sweep
+from engine.types import StylizeRequest, StylizeResult, VLResult
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZVL_")}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT),
+               XDG_DATA_HOME=str(tmp_path / "xdg"), ZVL_DEVICE="cpu", ZVL_VL_DEVICE="cpu", ZVL_TEXT_DEVICE="cpu",
+               ZVL_DTYPE="float32")
+    return env
+
+
+def _engine(tmp_path: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=tmp_path, env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def ref_png(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ref") / "ref.png"
+    im = Image.new("RGBA", (80, 48), (30, 90, 200, 255))
+    im.paste((250, 200, 0, 128), (0, 0, 40, 48))
+    im.save(path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# error exits (no models are loaded: each of these is refused before torch is imported)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args,code,needle", [
+    (["stylize", "-i", "missing.png", "-p", "a cat", "-o", "out.png"], 2, "does not exist"),
+    (["sweep", "-i", "{ref}", "-p", "a cat", "--sweep", "bogus"], 2, "sweep must be one of alpha"),
+    (["stylize", "-i", "{ref}", "-p", "a cat", "-o", "out.png", "--alpha", "1.7"], 2, "--alpha must be between 0 and 1"),
+    (["sweep", "-i", "{ref}", "-p", "a cat", "--alphas", "0.2", "1.7"], 2, "alphas"),
+    (["stylize", "-i", "{ref}", "-p", "a cat", "-o", "out.png", "--style-weight", "2000"], 2, "style_weight"),
+    (["stylize", "-i", "{ref}", "-p", "a cat", "-o", "out.png", "--mode", "blur"], 2, "--mode must be one of"),
+    (["stylize", "-i", "{ref}", "-p", "a cat", "-o", "out.png", "--width", "33"], 2, "multiple of 16"),
+    (["stylize", "-i", "{ref}", "-p", "a cat", "-o", "out.png", "--model-path", "nowhere"], 2, "nowhere does not exist"),
+    (["stylize", "-i", "{ref}", "-p", "a cat"], 2, "--output"),
+    (["stylize", "-i", "{ref}", "-p", "a cat", "-o", "out.png", "--steps", "many"], 2, "invalid int value"),
+    (["sweep", "-i", "{ref}", "-p", "a cat", "--sweep", "full", "--max-cells", "16"], 2, "19 cells"),
+    (["sweep", "-i", "{ref}", "-p", "a cat", "--config", "none.toml"], 2, "none.toml does not exist"),
+    (["stylize", "-i", "{bad}", "-p", "a cat", "-o", "out.png"], 2, "not a supported image"),
+    (["stylize", "-i", "{bomb}", "-p", "a cat", "-o", "out.png"], 2, "too large when decoded"),
+    (["stylize", "-i", "{dir}", "-p", "a cat", "-o", "out.png"], 2, "is a directory"),
+    (["bogus-command"], 2, "invalid choice"),
+])
+def test_error_exits_are_one_line(tmp_path, ref_png, args, code, needle):
+    import struct
+    import zlib
+
+    bad = tmp_path / "notes.png"
+    bad.write_text("this is text, not an image")
+    bomb = tmp_path / "bomb.png"
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    chunk = lambda k, b: struct.pack(">I", len(b)) + k + b + struct.pack(">I", zlib.crc32(k + b))  # noqa: E731
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    subs = {"{ref}": str(ref_png), "{bad}": str(bad), "{bomb}": str(bomb), "{dir}": str(tmp_path)}
+    args = [subs.get(a, a) for a in args]
+    t0 = time.perf_counter()
+    proc = _engine(tmp_path, *args, timeout=120)
+    assert proc.returncode == code, proc.stderr
+    line = _one_error_line(proc)
+    assert needle in line
+    assert time.perf_counter() - t0 < 60
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_main_in_process_returns_codes(capsys, tmp_path):
+    assert main(["stylize", "-i", str(tmp_path / "x.png"), "-p", "p", "-o", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: reference image") and err.count("\n") == 1
+    assert main([]) == 2
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the sweep runner with a fake pipeline: VL reuse, failing cells, Ctrl-C, atomic metadata
+# --------------------------------------------------------------------------------------------------------------
+
+
+class FakePipe:
+    def __init__(self, fail_on: str | None = None, interrupt_on: str | None = None):
+        self.fail_on, self.interrupt_on = fail_on, interrupt_on
+        self.vl_calls: list[StylizeRequest] = []
+        self.text_calls: list[StylizeRequest] = []
+        self.generated: list[str] = []
+
+    def check_inputs(self, request):
+        pass
+
+    def encode_reference(self, request):
+        import torch
+
+        self.vl_calls.append(request)
+        return VLResult(embeddings=torch.zeros(4, 8), kinds=["image"] * 4, image_span=(0, 4), original_std=7.0,
+                        scaled_std=61.0, scale_factor=8.7, masked_dimensions=[3], masked_ratios={3: 12.0})
+
+    def encode_prompt(self, request):
+        self.text_calls.append(request)
+        return ("text", request.prompt, request.think)
+
+    def generate(self, request, vl, text_emb=None, *, progress=None, should_abort=None):
+        label = f"a{request.alpha:g}"
+        if self.interrupt_on and self.interrupt_on == label:
+            raise KeyboardInterrupt
+        if self.fail_on and self.fail_on == label:
+            raise RuntimeError("CUDA out of memory (fake)")
+        assert text_emb == ("text", request.prompt, request.think)
+        if progress:
+            progress(1, 1)
+        self.generated.append(label)
+        img = Image.new("RGB", (32, 32), (int(255 * request.alpha), 0, 0))
+        return StylizeResult(images=[img], seeds=list(request.seeds), params=request.record(),
+                             timings={"total": 0.01}, vl=vl.metadata() if vl is not None else None,
+                             stats={"text_std": 60.0})
+
+
+def _plan(preset="alpha", overrides=None):
+    ref = Image.new("RGB", (32, 32), (0, 0, 255))
+    base = StylizeRequest(prompt="a red fox", reference=ref, seeds=(7,), steps=1, width=32, height=32)
+    return plan_sweep(base, preset, overrides or {}, max_cells=64), ref
+
+
+def _run(tmp_path, pipe, plan, ref):
+    return run_sweep(pipe, plan, tmp_path / "out", prompt="a red fox", reference=ref, header={"preset": plan.preset},
+                     progress=Progress(False), vl_cache={}, text_cache={}, cell_size=32)
+
+
+def test_run_sweep_reuses_extractions_and_writes_everything(tmp_path):
+    plan, ref = _plan("alpha")
+    pipe = FakePipe()
+    run = _run(tmp_path, pipe, plan, ref)
+    # five VL cells share one VL setting: one extraction; the baseline has no reference: none
+    assert len(pipe.vl_calls) == 1
+    assert len(pipe.text_calls) == 1
+    meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    assert meta["complete"] is True and meta["status"] == "complete"
+    assert meta["cells_ok"] == 6 and meta["vl_extractions"] == 1
+    assert [c["vl_reused"] for c in meta["cells"][1:]] == [False, True, True, True, True]
+    assert meta["cells"][0]["baseline"] is True and meta["cells"][0]["vl"] is None
+    assert meta["cells"][1]["masked_dimensions"] == [3]
+    for c in meta["cells"]:
+        assert (tmp_path / "out" / c["file"]).is_file()
+        assert c["params"]["shift"] == 3.0
+    assert (tmp_path / "out" / "comparison_grid.png").is_file()
+    assert meta["grid"] == "comparison_grid.png"
+
+
+def test_run_sweep_extracts_once_per_vl_setting(tmp_path):
+    plan, ref = _plan(None, {"alphas": [0.3, 0.6], "layers": [-2, -4]})
+    pipe = FakePipe()
+    _run(tmp_path, pipe, plan, ref)
+    assert len(pipe.vl_calls) == 2  # one per layer, shared across alphas
+    assert {r.hidden_layer for r in pipe.vl_calls} == {-2, -4}
+
+
+def test_think_cells_encode_the_prompt_separately(tmp_path):
+    plan, ref = _plan("think_comparison")
+    pipe = FakePipe()
+    _run(tmp_path, pipe, plan, ref)
+    assert sorted(r.think for r in pipe.text_calls) == [False, True]
+
+
+def test_failed_cell_is_recorded_and_sweep_is_incomplete(tmp_path):
+    plan, ref = _plan("alpha")
+    run = _run(tmp_path, FakePipe(fail_on="a0.5"), plan, ref)
+    assert run.status == "failed" and not run.complete
+    meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    assert meta["complete"] is False and meta["cells_failed"] == 1 and meta["cells_ok"] == 5
+    bad = [c for c in meta["cells"] if c["status"] == "failed"]
+    assert bad[0]["label"] == "alpha=0.5" and "out of memory" in bad[0]["error"] and bad[0]["file"] is None
+    assert (tmp_path / "out" / "comparison_grid.png").is_file()  # drawn, with the failure marked
+
+
+def test_interrupted_sweep_says_incomplete(tmp_path):
+    plan, ref = _plan("alpha")
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, FakePipe(interrupt_on="a0.5"), plan, ref)
+    meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    assert meta["complete"] is False and meta["status"] == "interrupted"
+    assert meta["cells_ok"] == 3 and meta["cells_pending"] == 3
+    assert not list((tmp_path / "out").glob(".*.tmp"))  # no half-written files left behind
+
+
+def test_cell_filename_and_vl_key():
+    assert cell_filename(3, "alpha=0.5 | layers=-6+-8") == "03_alpha0.5_layers-6+-8.png"
+    assert cell_filename(0, "baseline: text only (alpha=0)") == "00_baseline-_text_only_alpha0.png"
+    plan, _ = _plan(None, {"alphas": [0.3, 0.6]})
+    a, b = plan.cells[1].request, plan.cells[2].request
+    assert vl_key(a) == vl_key(b)
+    assert vl_key(a) != vl_key(a.replace(hidden_layer=-8))
+    assert vl_key(a) != vl_key(a.replace(vl_text="other"))
+
+
+def test_progress_lines_without_tty():
+    buf = io.StringIO()
+    p = Progress(True, buf)
+    p.transient("[1/3] step")  # not a terminal: transient lines are skipped
+    p.line("[1/3] alpha=0.1: ok")
+    assert buf.getvalue() == "[1/3] alpha=0.1: ok\n"
