@@ -152,7 +152,11 @@ def check_shift(shift: Any) -> float:
 
 
 def img2img_steps(steps: int, strength: float) -> int:
-    """Denoising steps img2img actually runs (diffusers 0.42.1 ``get_timesteps``): ``steps - int(steps - steps*s)``."""
+    """Denoising steps img2img actually runs (diffusers 0.42.1 ``get_timesteps``): ``steps - int(steps - steps*s)``.
+
+    That rounds ``steps * strength`` up (9 steps at 0.9 → 9 - int(0.9) = 9; 3 at 0.9 → 3), where the seed's own
+    pipeline rounded down (``int(9 * 0.9) = 8``). Always at least 1 for ``strength > 0``.
+    """
     init = min(steps * strength, steps)
     return steps - int(max(steps - init, 0))
 
@@ -326,7 +330,7 @@ class Generator:
         shift: float = DEFAULT_SHIFT,
         width: int = 1024,
         height: int = 1024,
-        image: Image.Image | None = None,
+        image: Image.Image | Sequence[Image.Image] | None = None,
         strength: float | None = None,
         negative_prompt_embeds: torch.Tensor | Sequence[torch.Tensor] | None = None,
         negative_layer: int = -2,
@@ -338,9 +342,10 @@ class Generator:
         """Run the denoising loop; returns the final latents (float32) and the parameter record.
 
         ``prompt_embeds``: one ``[L, D]`` tensor (used for every seed) or one per seed. ``image`` + ``strength``
-        (0 < s <= 1) run img2img from ``image`` (both must be given). ``negative_prompt_embeds`` (CFG only): one per
-        seed or one for all; default: the empty prompt encoded at ``negative_layer``/``negative_think`` by the attached
-        text encoder. Raises ``ValueError`` naming the parameter, and :class:`Cancelled` when ``should_abort()``.
+        (0 < s <= 1) run img2img from ``image`` (both must be given; one image for all seeds, or one per seed).
+        ``negative_prompt_embeds`` (CFG only): one per seed or one for all; default: the empty prompt encoded at
+        ``negative_layer``/``negative_think`` by the attached text encoder. Raises ``ValueError`` naming the
+        parameter, and :class:`Cancelled` when ``should_abort()`` turns true.
         """
         seeds = check_seeds(seeds)
         steps = check_steps(steps)
@@ -350,13 +355,17 @@ class Generator:
         fit = FitMode.parse(fit_mode, "fit_mode")
         if strength is not None and image is None:
             raise ValueError("strength needs a reference image for img2img; got strength without image")
+        n = len(seeds)
+        images: list[Image.Image] | None = None
         if image is not None:
             if strength is None:
                 raise ValueError("strength must be given for img2img (a number in (0, 1]); got None")
             strength = check_strength(strength)
-            if not isinstance(image, Image.Image):
-                raise ValueError(f"image must be a PIL image; got {type(image).__name__}")
-        n = len(seeds)
+            images = [image] if isinstance(image, Image.Image) else list(image)
+            if len(images) == 1:
+                images = images * n
+            if len(images) != n or not all(isinstance(im, Image.Image) for im in images):
+                raise ValueError(f"image must be a PIL image or one PIL image per seed ({n})")
         with self._lock:
             captions = self._captions(prompt_embeds, n, fit, "prompt_embeds")
             negatives = None
@@ -387,11 +396,12 @@ class Generator:
                 callback_on_step_end=on_step,
             )
             init_size = None
-            if image is not None:
-                init = prepare_init_image(image, width, height)
-                init_size = list(image.size)
-                # one copy per image: diffusers then samples image i's VAE latent with generator i
-                call.update(image=[init] * n, strength=strength)
+            if images is not None:
+                inits = {id(im): prepare_init_image(im, width, height) for im in images}
+                init_size = [list(im.size) for im in images]
+                init_size = init_size[0] if all(sz == init_size[0] for sz in init_size) else init_size
+                # one image per seed: diffusers then samples image i's VAE latent with generator i
+                call.update(image=[inits[id(im)] for im in images], strength=strength)
             t0 = time.perf_counter()
             latents = pipe(**call).images
             seconds = time.perf_counter() - t0

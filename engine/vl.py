@@ -493,7 +493,8 @@ class VLExtractor:
         end = image_pos[-1] + 1 if image_pos else None  # <|vision_end|>
         if image_pos and (start < 0 or end >= len(ids) or kinds[start] != PositionKind.MARKER.value
                           or kinds[end] != PositionKind.MARKER.value):
-            raise RuntimeError("the Qwen3-VL input has image tokens without <|vision_start|>/<|vision_end|> around them")
+            raise RuntimeError("the Qwen3-VL input has image tokens without <|vision_start|>/<|vision_end|> "
+                               "around them")
 
         # 1. outlier masking on the raw image rows
         masked_dims: list[int] = []
