@@ -32,6 +32,7 @@ decode), so the two are timed separately.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import threading
@@ -262,6 +263,7 @@ class Generator:
                 raise RuntimeError("this Generator was built from modules and cannot reload them; keep it loaded")
             self._pipe = None
             self._img2img = None
+            gc.collect()  # drop reference cycles so the weights are really freed
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 

@@ -30,6 +30,7 @@ always computed from the encoder in use, never read from a file of unknown origi
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -289,6 +290,7 @@ class TextEncoder:
             if self.path is None:
                 raise RuntimeError("this TextEncoder was built from a model object and cannot reload; keep it loaded")
             self._model = None
+            gc.collect()  # drop reference cycles so the weights are really freed
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 

@@ -40,6 +40,7 @@ unloaded extractor reloads from its folder on the next call.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import threading
@@ -302,6 +303,7 @@ class VLExtractor:
             if self._model is None:
                 return
             self._model = None
+            gc.collect()  # drop reference cycles so the weights are really freed
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
