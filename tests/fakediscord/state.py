@@ -35,6 +35,7 @@ DEFAULT_EVERYONE_PERMISSIONS = (
 DEFAULT_BOT_PERMISSIONS = DEFAULT_EVERYONE_PERMISSIONS | (1 << 13)  # + manage messages
 
 InteractionStatus = Literal["pending", "acked", "failed"]
+RequestKind = Literal["callback", "followup", "get", "edit", "delete"]
 
 
 class FakeClock:
@@ -184,7 +185,7 @@ class CdnBlob:
 class SentRequest:
     """One REST request the bot made for an interaction (accepted or rejected), with what it sent and got."""
 
-    kind: Literal["callback", "followup", "get", "edit", "delete"]
+    kind: RequestKind
     method: str
     path: str
     status: int

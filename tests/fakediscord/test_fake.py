@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -129,6 +129,14 @@ class FeedbackModal(discord.ui.Modal, title="Feedback"):
     text: discord.ui.TextInput[FeedbackModal] = discord.ui.TextInput(label="Your feedback", custom_id="feedback:text")
 
 
+async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll a bot-side condition (the fake's own state has ``wait_*`` helpers instead)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeDiscord]:
     async with FakeDiscord(heartbeat_interval_ms=1000) as fake:
@@ -194,13 +202,13 @@ async def test_sync_records_bulk_overwrite(fake: FakeDiscord, bot: ZvlLikeBot) -
     assert guild_draw["guild_id"] == str(guild.id) and guild_draw["id"] != draw["id"]
     rec = await fake.dispatch_slash("say", {"n": 3})
     assert rec.payload["data"]["guild_id"] == str(guild.id)  # routed to the guild copy, as Discord would
-    assert (await rec.wait_ack(2)).content == "xxx"
+    assert (await rec.wait_ack()).content == "xxx"
 
 
 async def test_defer_then_followup_with_file_from_attachment(fake: FakeDiscord, bot: ZvlLikeBot) -> None:
     ref = fake.add_attachment(PNG, "ref.png", "image/png", width=8, height=8)
     rec = await fake.dispatch_slash("draw", {"prompt": "a cat", "ref": ref})
-    ack = await rec.wait_ack(2)
+    ack = await rec.wait_ack()
     assert ack.type == 5
     (followup,) = await rec.wait_followups(1)
     assert followup.content == "done: a cat"
@@ -218,7 +226,7 @@ async def test_ephemeral_reply_to_a_subcommand_in_a_group(fake: FakeDiscord, bot
     rec = await fake.dispatch_slash(
         "preset", {"name": "ink", "strength": 0.75, "public": True}, group="mine", subcommand="save"
     )
-    ack = await rec.wait_ack(2)
+    ack = await rec.wait_ack()
     assert ack.type == 4 and ack.ephemeral and ack.flags == 64
     assert ack.content == "saved ink 0.75 True"
     option = rec.payload["data"]["options"][0]["options"][0]["options"]
@@ -227,17 +235,17 @@ async def test_ephemeral_reply_to_a_subcommand_in_a_group(fake: FakeDiscord, bot
 
 async def test_button_press_answered_with_update(fake: FakeDiscord, bot: ZvlLikeBot) -> None:
     rec = await fake.dispatch_slash("counter")
-    await rec.wait_ack(2)
+    await rec.wait_ack()
     message_id = rec.original_message_id
     assert message_id is not None
     assert fake.message(message_id)["components"][0]["components"][0]["custom_id"] == "counter:add"
     for expected in (1, 2):
         press = await fake.dispatch_component(message_id, "counter:add")
-        ack = await press.wait_ack(2)
+        ack = await press.wait_ack()
         assert ack.type == 7 and ack.content == f"count: {expected}"
     assert fake.message(message_id)["content"] == "count: 2"
     press = await fake.dispatch_component(message_id, "counter:reset")
-    assert (await press.wait_ack(2)).type == 6
+    assert (await press.wait_ack()).type == 6
     (edit,) = (await press.wait_requests(2))[1:]
     assert edit.kind == "edit" and edit.path.endswith("/messages/@original") and edit.message_id == message_id
     assert fake.message(message_id)["content"] == "count: reset" and fake.message(message_id)["components"] == []
@@ -245,13 +253,13 @@ async def test_button_press_answered_with_update(fake: FakeDiscord, bot: ZvlLike
 
 async def test_modal_response(fake: FakeDiscord, bot: ZvlLikeBot) -> None:
     rec = await fake.dispatch_slash("feedback")
-    assert (await rec.wait_ack(2)).type == 9
+    assert (await rec.wait_ack()).type == 9
     assert rec.modal is not None and rec.modal["title"] == "Feedback"
 
 
 async def test_autocomplete_choices(fake: FakeDiscord, bot: ZvlLikeBot) -> None:
     rec = await fake.dispatch_autocomplete("style", {"name": "w"}, focused="name")
-    ack = await rec.wait_ack(2)
+    ack = await rec.wait_ack()
     assert ack.type == 8
     assert rec.choices == [{"name": "watercolor", "value": "watercolor"}, {"name": "woodcut", "value": "woodcut"}]
 
@@ -260,7 +268,7 @@ async def test_channel_message_is_recorded(fake: FakeDiscord, bot: ZvlLikeBot) -
     guild = next(iter(fake.world.guilds.values()))
     channel = guild.first_text_channel()
     rec = await fake.dispatch_slash("announce", {"text": "hello channel"})
-    await rec.wait_ack(2)
+    await rec.wait_ack()
     (msg,) = await fake.wait_channel_messages(channel.id, 1)  # the ephemeral "ok" is not listed
     assert msg["content"] == "hello channel" and msg["author"]["id"] == str(fake.bot_user.id)
 
@@ -272,7 +280,7 @@ async def test_three_second_rule(fake: FakeDiscord, bot: ZvlLikeBot) -> None:
     assert rec.failed
     await rec.wait_requests(1, timeout=3)  # the late callback still arrives and is refused
     assert rec.requests[0].status == 404 and rec.requests[0].response["code"] == 10062
-    await asyncio.sleep(0.1)
+    await eventually(lambda: len(bot.errors) == 1)
     (error,) = bot.errors
     assert isinstance(error, app_commands.CommandInvokeError) and isinstance(error.original, discord.NotFound)
     assert error.original.code == 10062
@@ -280,7 +288,8 @@ async def test_three_second_rule(fake: FakeDiscord, bot: ZvlLikeBot) -> None:
 
 async def test_fifteen_minute_token_rule(fake: FakeDiscord, bot: ZvlLikeBot) -> None:
     rec = await fake.dispatch_slash("later")
-    assert (await rec.wait_ack(2)).ephemeral
+    assert (await rec.wait_ack()).ephemeral
+    await eventually(lambda: "later" in bot.stash)
     interaction = bot.stash["later"]
     first = await interaction.followup.send("still in time", wait=True)
     assert first.id == rec.original_message_id and first.flags.ephemeral  # replaced the ephemeral "thinking"
@@ -296,7 +305,7 @@ async def test_fifteen_minute_token_rule(fake: FakeDiscord, bot: ZvlLikeBot) -> 
 async def test_file_over_the_limit_gets_413(fake: FakeDiscord, bot: ZvlLikeBot) -> None:
     small = fake.add_guild("Small uploads", file_size_limit=1000)
     await fake.announce_guild(small.id)
-    await asyncio.sleep(0.1)
+    await eventually(lambda: bot.get_guild(small.id) is not None)
     rec = await fake.dispatch_slash("blob", {"size": 1001}, guild_id=small.id)
     (rejected,) = await rec.wait_requests(1)
     assert rejected.status == 413 and rejected.response == {"message": "Request entity too large", "code": 40005}
@@ -305,8 +314,8 @@ async def test_file_over_the_limit_gets_413(fake: FakeDiscord, bot: ZvlLikeBot) 
     (rejected,) = await rec.wait_requests(1)
     assert rejected.status == 413
     ok = await fake.dispatch_slash("blob", {"size": 1000}, guild_id=small.id)
-    assert (await ok.wait_ack(2)).files[0].size == 1000
-    await asyncio.sleep(0.1)
+    assert (await ok.wait_ack()).files[0].size == 1000
+    await eventually(lambda: len(bot.errors) == 2)
     assert [getattr(e, "original", None).status for e in bot.errors] == [413, 413]  # type: ignore[union-attr]
 
 
@@ -321,7 +330,7 @@ async def test_rate_limited_requests_are_retried(fake: FakeDiscord, bot: ZvlLike
     assert statuses == [429, 200]
     fake.rate_limit("POST", r"^/channels/\d+/messages$", times=2, retry_after=0.05)
     rec = await fake.dispatch_slash("announce", {"text": "after two 429s"})
-    await rec.wait_ack(2)
+    await rec.wait_ack()
     guild = next(iter(fake.world.guilds.values()))
     messages = await fake.wait_channel_messages(guild.first_text_channel().id, 2)
     assert [m["content"] for m in messages] == ["done: retry", "after two 429s"]
@@ -338,7 +347,7 @@ async def test_too_long_content_and_embed_rejected(fake: FakeDiscord, bot: ZvlLi
     (rejected,) = await rec.wait_requests(1)
     assert "description" in rejected.response["errors"]["data"]["embeds"]["0"]
     rec = await fake.dispatch_slash("say", {"n": 2000})
-    assert len((await rec.wait_ack(2)).content or "") == 2000
+    assert len((await rec.wait_ack()).content or "") == 2000
 
 
 async def test_gateway_drop_resume_and_replay(fake: FakeDiscord, bot: ZvlLikeBot) -> None:
@@ -347,16 +356,15 @@ async def test_gateway_drop_resume_and_replay(fake: FakeDiscord, bot: ZvlLikeBot
     # Dispatched while the bot is away: buffered and replayed on RESUME.
     rec = await fake.dispatch_slash("preset", {"name": "a"}, group="mine", subcommand="save")
     await fake.wait_resumed(1)
-    await rec.wait_ack(3)
+    await rec.wait_ack()
     assert fake.connections[-1].path == "/gateway/resume" and fake.connections[-1].resumed
     await fake.drop_gateway(None)  # abnormal close: TCP connection aborted
     await fake.wait_resumed(2)
     rec = await fake.dispatch_slash("counter")
-    await rec.wait_ack(3)
+    await rec.wait_ack()
     session = fake.gateway.current
     assert session is not None and len(fake.gateway.sessions) == 1
-    await asyncio.sleep(0.05)
-    assert bot.ws.sequence == session.seq
+    await eventually(lambda: bot.ws is not None and bot.ws.sequence == session.seq)
 
 
 async def test_reconnect_and_invalid_session(fake: FakeDiscord, bot: ZvlLikeBot) -> None:
@@ -366,14 +374,14 @@ async def test_reconnect_and_invalid_session(fake: FakeDiscord, bot: ZvlLikeBot)
     await fake.invalidate_session(resumable=True)
     await fake.wait_resumed(2)
     rec = await fake.dispatch_slash("counter")
-    await rec.wait_ack(3)
+    await rec.wait_ack()
     assert [c.resumed for c in fake.connections] == [False, True, True]
     assert len(fake.gateway.sessions) == 1
 
 
 async def test_second_ack_and_raw_rules(fake: FakeDiscord, bot: ZvlLikeBot) -> None:
     rec = await fake.dispatch_slash("counter")
-    await rec.wait_ack(2)
+    await rec.wait_ack()
     channel_id = rec.channel_id
     async with aiohttp.ClientSession() as http:
 

@@ -21,7 +21,7 @@ from aiohttp import web
 from . import payloads
 from .bodies import json_response, read_body
 from .rules import DiscordError, check_file_sizes, unknown, validate_message
-from .state import InteractionRecord, SentRequest, UploadedFile
+from .state import InteractionRecord, RequestKind, SentRequest, UploadedFile
 from .world import World
 
 # Which callback types each interaction type accepts (2 command, 3 component, 4 autocomplete, 5 modal submit).
@@ -44,7 +44,7 @@ class InteractionRoutes:
     async def _recorded(
         self,
         record: InteractionRecord,
-        kind: Any,
+        kind: RequestKind,
         request: web.Request,
         payload: dict[str, Any] | None,
         files: list[UploadedFile],
