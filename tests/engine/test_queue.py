@@ -168,3 +168,33 @@ def test_fairness_invariant_for_any_submission_pattern():
                     assert served[x[0]] <= served[other] + 1, (order, x)
 
     check()
+
+
+def test_two_stage_schedule_accounts_for_overlap():
+    from engine.queue import schedule_two_stage
+
+    # DiT-bound: encode 1 s hidden behind the previous job's 2 s DiT
+    assert schedule_two_stage([(1.0, 2.0)] * 3, vl_free=0.0, dit_free=0.0) == [3.0, 5.0, 7.0]
+    # encode-bound (VL on the CPU): 3 s + 1 s per job overlapped -> one job per 3 s, not per 4 s
+    assert schedule_two_stage([(3.0, 1.0)] * 3, vl_free=0.0, dit_free=0.0) == [4.0, 7.0, 10.0]
+    # a busy DiT delays the first job's start even when its encode is done
+    assert schedule_two_stage([(0.5, 1.0)], vl_free=0.0, dit_free=2.0) == [3.0]
+
+
+def test_stage_estimator_costs_and_ewma():
+    from engine.queue import StageEstimator, dit_units
+
+    r = StylizeRequest(reference=None, steps=9, width=1024, height=1024, seeds=(1, 2))
+    assert dit_units(r) == 18
+    assert dit_units(r.replace(guidance_scale=4.0, width=512, height=512)) == 9
+    est = StageEstimator(alpha=0.5, vl_s=10.0, text_s=0.0, dit_unit_s=1.0)
+    est.observe_vl(2.0)  # the first sample replaces the prior
+    est.observe_vl(4.0)
+    assert est.vl_s == 3.0
+    from PIL import Image
+
+    img = Image.new("RGB", (8, 8))
+    cells = [StylizeRequest(reference=img, alpha=a, steps=1, width=1024, height=1024) for a in (0.1, 0.9)]
+    cells.append(cells[0].replace(hidden_layer=-3))
+    v, d = est.costs(Job(owner_id=1, requests=cells))
+    assert (v, d) == (6.0, 3.0)  # two distinct extractions (alpha does not matter to the VL stage)
