@@ -46,7 +46,7 @@ import torch
 from PIL import Image, ImageOps
 
 from engine.blending import fit_caption
-from engine.loading import parse_device, parse_dtype
+from engine.loading import parse_device, parse_dtype, quiet_loading
 from engine.types import MAX_CAPTION_LEN, FitMode
 
 log = logging.getLogger(__name__)
@@ -226,12 +226,13 @@ class Generator:
             from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
 
             log.info("loading Z-Image DiT + VAE from %s on %s (%s)", self.path, self.device, self.dtype)
-            transformer = ZImageTransformer2DModel.from_pretrained(str(self.path), subfolder="transformer",
-                                                                   dtype=self.dtype, local_files_only=True)
-            vae = AutoencoderKL.from_pretrained(str(self.path), subfolder="vae", dtype=self.dtype,
-                                                local_files_only=True)
-            scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(self.path), subfolder="scheduler",
-                                                                        local_files_only=True)
+            with quiet_loading():
+                transformer = ZImageTransformer2DModel.from_pretrained(str(self.path), subfolder="transformer",
+                                                                       dtype=self.dtype, local_files_only=True)
+                vae = AutoencoderKL.from_pretrained(str(self.path), subfolder="vae", dtype=self.dtype,
+                                                    local_files_only=True)
+                scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(self.path), subfolder="scheduler",
+                                                                            local_files_only=True)
             self._build(transformer.to(self.device).eval(), vae.to(self.device).eval(), scheduler)
 
     def _build(self, transformer, vae, scheduler) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +146,26 @@ def vl_num_layers(path: Path) -> int:
 def load_vl_processor(path: Path) -> Qwen3VLImageOnlyProcessor:
     """The image-only Qwen3-VL processor from a local folder (hub layout or this project's tiny layout)."""
     return Qwen3VLImageOnlyProcessor.from_pretrained(str(path), local_files_only=True)
+
+
+@contextmanager
+def quiet_loading():
+    """Silence the "Loading weights" tqdm bars of transformers and diffusers while loading a model.
+
+    A worker or a ``--quiet`` CLI must not get progress bars on stderr. The previous state is restored afterwards,
+    so callers that enabled the bars on purpose keep them for everything else.
+    """
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    t_was = transformers_logging.is_progress_bar_enabled()
+    d_was = diffusers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if t_was:
+            transformers_logging.enable_progress_bar()
+        if d_was:
+            diffusers_logging.enable_progress_bar()

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.loading import parse_device, parse_dtype, read_json
+from engine.loading import parse_device, parse_dtype, quiet_loading, read_json
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,9 @@ class TextEncoder:
             from transformers import AutoModel
 
             log.info("loading text encoder from %s on %s (%s)", self.path, self.device, self.dtype)
-            model = AutoModel.from_pretrained(str(self.path / "text_encoder"), dtype=self.dtype, local_files_only=True)
+            with quiet_loading():
+                model = AutoModel.from_pretrained(str(self.path / "text_encoder"), dtype=self.dtype,
+                                                  local_files_only=True)
             self._model = model.to(self.device).eval()
             self._num_layers = int(self._model.config.num_hidden_layers)
 

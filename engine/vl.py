@@ -53,7 +53,7 @@ import torch
 from PIL import Image
 
 from engine.blending import mask_outliers
-from engine.loading import check_vl_folder, load_vl_processor, parse_device, parse_dtype
+from engine.loading import check_vl_folder, load_vl_processor, parse_device, parse_dtype, quiet_loading
 from engine.text import forward_to_layers
 from engine.types import LayerWeight, Normalization, OutlierDirection, OutlierMode, PositionKind, TokenMode, VLResult
 
@@ -290,8 +290,9 @@ class VLExtractor:
             from transformers import Qwen3VLForConditionalGeneration
 
             log.info("loading Qwen3-VL from %s on %s (%s)", self.path, self.device, self.dtype)
-            model = Qwen3VLForConditionalGeneration.from_pretrained(str(self.path), dtype=self.dtype,
-                                                                    local_files_only=True)
+            with quiet_loading():
+                model = Qwen3VLForConditionalGeneration.from_pretrained(str(self.path), dtype=self.dtype,
+                                                                        local_files_only=True)
             self._model = model.to(self.device).eval()
             if self._processor is None:
                 self._processor = load_vl_processor(self.path)
