@@ -133,9 +133,13 @@ class StylePipeline:
         self._dtype_setting = dtype
         if not isinstance(dtype, torch.dtype):
             parse_dtype(dtype, torch.device("cpu"))  # validate the name now
-        if isinstance(vl_max_image_tokens, bool) or int(vl_max_image_tokens) < 1:
+        try:
+            tokens = int(vl_max_image_tokens)
+        except (TypeError, ValueError):
+            tokens = 0
+        if isinstance(vl_max_image_tokens, bool) or tokens < 1:
             raise ValueError(f"vl_max_image_tokens must be an integer >= 1; got {vl_max_image_tokens!r}")
-        self.vl_max_image_tokens = int(vl_max_image_tokens)
+        self.vl_max_image_tokens = tokens
         self.vl_auto_unload = bool(vl_auto_unload)
         self.stats_provider = stats_provider
         self.dit_device = resolve_dit_device(self._device_setting)
