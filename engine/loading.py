@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from transformers import Qwen3VLProcessor
 
+from engine.settings import parse_device  # noqa: F401  (re-exported: the one device-string parser)
+
 log = logging.getLogger(__name__)
 
 
@@ -36,16 +38,6 @@ class Qwen3VLImageOnlyProcessor(Qwen3VLProcessor):
             chat_template=chat_template,
             **kwargs,
         )
-
-
-def parse_device(value: str, name: str = "device") -> str:
-    """Validate ``auto | cpu | cuda | cuda:N`` (case-insensitive); returns the normalised string."""
-    v = str(value).strip().lower()
-    if v in ("auto", "cpu", "cuda"):
-        return v
-    if v.startswith("cuda:") and v[5:].isdigit():
-        return v
-    raise ValueError(f"{name} must be auto, cpu, cuda or cuda:N; got {value!r}")
 
 
 def resolve_dit_device(device: str) -> torch.device:

@@ -58,11 +58,16 @@ def default_data_dir() -> Path:
     return Path(base) / "zvl-bot"
 
 
-def _parse_device(value: str, name: str) -> str:
+def parse_device(value: str, name: str = "device") -> str:
+    """Validate ``auto | cpu | cuda | cuda:N`` (case-insensitive); returns the normalised string.
+
+    Lives here, not in the torch-importing ``engine.loading``, so validating settings stays cheap.
+    """
     v = str(value).strip().lower()
     if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
         return v
-    raise ValueError(f"must be auto, cpu, cuda or cuda:N; got {value!r}")
+    prefix = f"{name} " if name else ""  # settings validators pass "": the error line already names the setting
+    raise ValueError(f"{prefix}must be auto, cpu, cuda or cuda:N; got {value!r}")
 
 
 class _TomlProfileSource(PydanticBaseSettingsSource):
@@ -184,15 +189,10 @@ class Settings(BaseSettings):
                                    file_secret_settings):
         return (init_settings, env_settings, dotenv_settings, _TomlProfileSource(settings_cls), file_secret_settings)
 
-    @field_validator("device", "text_device")
+    @field_validator("device", "vl_device", "text_device")
     @classmethod
     def _check_device(cls, v: str) -> str:
-        return _parse_device(v, "device")
-
-    @field_validator("vl_device")
-    @classmethod
-    def _check_vl_device(cls, v: str) -> str:
-        return _parse_device(v, "vl_device")
+        return parse_device(v, name="")
 
     @field_validator("dtype")
     @classmethod
