@@ -302,7 +302,7 @@ class StageEstimator:
     def costs(self, job: Job) -> tuple[float, float]:
         """(encode-stage seconds assuming cache misses, DiT-stage seconds) for ``job``."""
         refs = {(id(r.reference),) + tuple(getattr(r, f) for f in VL_FIELDS) + (r.vl_text or r.prompt,)
-                for r in job.requests if r.reference is not None}
+                for r in job.requests if r.reference is not None and r.alpha > 0}
         texts = {text_key(r) for r in job.requests}
         return (len(refs) * self.vl_s + len(texts) * self.text_s,
                 sum(dit_units(r) for r in job.requests) * self.dit_unit_s)

@@ -199,6 +199,43 @@ def default_vl_key(request: StylizeRequest) -> str | None:
     return h.hexdigest()
 
 
+def pipeline_vl_key(pipe: Any, request: StylizeRequest, identities: dict[tuple[int, str], str] | None = None
+                    ) -> str:
+    """The embedding cache's key (``engine.cache.vl_cache_record``) of the request's extraction under ``pipe``: the
+    reference's pixels, every VL setting, the image-token budget, the Qwen3-VL folder's identity, the reference
+    statistics it is normalised against and the compute dtype. Falls back to :func:`default_vl_key` for a pipeline
+    without a ``vl_path`` (fakes). ``identities`` memoises the folder hash. Runs in the VL thread."""
+    from engine import cache as c
+    from engine.types import Normalization, OutlierMode
+
+    vl_path = getattr(pipe, "vl_path", None)
+    if vl_path is None or request.reference is None:
+        key = default_vl_key(request)
+        assert key is not None, "a VL key needs a reference"
+        return key
+    memo = identities if identities is not None else {}
+    ident = memo.get((id(pipe), str(vl_path)))
+    if ident is None:
+        ident = memo[(id(pipe), str(vl_path))] = c.model_identity(vl_path)
+    norm = Normalization.parse(request.normalization, "normalization")
+    stats = None
+    if OutlierMode.parse(request.outlier_mode, "outlier_mode") is not OutlierMode.NONE or norm in (
+            Normalization.PER_DIM, Normalization.HYBRID):
+        stats = pipe.text_encoder.stats_key(request.text_layer)
+    dtype = None
+    dtype_for, device = getattr(pipe, "_dtype_for", None), getattr(pipe, "vl_device", None)
+    if dtype_for is not None and device is not None:
+        dtype = str(dtype_for(device))
+    record = c.vl_cache_record(
+        image_fingerprint=c.image_fingerprint(request.reference),
+        text=request.vl_text if request.vl_text is not None else request.prompt,
+        layers=request.hidden_layer, token_mode=request.tokens, normalization=norm, target_std=request.target_std,
+        outlier_mode=request.outlier_mode, outlier_threshold=request.outlier_threshold,
+        outlier_direction=request.outlier_direction, image_token_budget=getattr(pipe, "vl_max_image_tokens", None),
+        model_identity=ident, reference_stats=stats, dtype=dtype)
+    return c.cache_key(record)
+
+
 def _batch_key(request: StylizeRequest) -> tuple:
     """Cells with equal keys may share one batched DiT call."""
     return (request.width, request.height, request.steps, request.strength, request.guidance_scale, request.shift)
@@ -232,6 +269,8 @@ class _Run:
     vl_keys: list[str | None] = field(default_factory=list)
     vls: dict[str, Any] = field(default_factory=dict)
     texts: list[Any] = field(default_factory=list)
+    neutrals: dict[int, Any] = field(default_factory=dict)  #: style_delta's neutral extraction, per cell
+    vl_device: str | None = None
     timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     step: int = 0
     total: int = 0
@@ -338,7 +377,7 @@ class EngineWorker:
         queue: JobQueue | None = None,
         recorder: JobRecorder | None = None,
         cache: VLCache | None = None,
-        vl_key: Callable[[StylizeRequest], str | None] = default_vl_key,
+        vl_key: Callable[[StylizeRequest], str | None] | None = None,
         on_event: Callable[[ProgressEvent], None] | None = None,
         estimator: StageEstimator | None = None,
         max_batch_pixels: int = 1024 * 1024,
@@ -354,6 +393,7 @@ class EngineWorker:
         self.recorder: JobRecorder = recorder if recorder is not None else NullRecorder()
         self.cache = cache
         self._vl_key = vl_key
+        self._identities: dict[tuple[int, str], str] = {}  # (id(pipeline), vl folder) -> model identity
         self._listeners: list[Callable[[ProgressEvent], None]] = [on_event] if on_event else []
         self.estimator = estimator or StageEstimator()
         self.max_batch_pixels = max_batch_pixels
@@ -636,6 +676,7 @@ class EngineWorker:
         await self._in_thread(self._dit_exec, lambda: None)
 
     def _do_reload(self, component: str) -> None:  # any stage thread, both idle
+        self._identities.clear()  # the folders may hold new weights now
         if self._factory is not None and component == "all":
             with self._pipe_lock:
                 old, self._pipeline = self._pipeline, None
@@ -906,7 +947,7 @@ class EngineWorker:
 
     async def _encode(self, run: _Run) -> None:
         job = run.job
-        run.vl_keys = await self._call(run, self._vl_exec, self._prepare, job.requests)
+        run.vl_keys, run.vl_device = await self._call(run, self._vl_exec, self._prepare, job.requests)
         extracted = False
         for key in dict.fromkeys(k for k in run.vl_keys if k is not None):
             request = job.requests[run.vl_keys.index(key)]
@@ -916,7 +957,7 @@ class EngineWorker:
                 run.vls[key] = vl
                 self._emit(ProgressEvent(job.id, EventKind.VL_CACHED))
                 continue
-            self._emit(ProgressEvent(job.id, EventKind.VL_STARTED, device=self._vl_device()))
+            self._emit(ProgressEvent(job.id, EventKind.VL_STARTED, device=run.vl_device))
             t0 = time.monotonic()
             self._vl_busy = True
             try:
@@ -930,8 +971,13 @@ class EngineWorker:
             self.estimator.observe_vl(seconds)
             run.timings["vl"] += seconds
             run.vls[key] = vl
-            self._emit(ProgressEvent(job.id, EventKind.VL_FINISHED, seconds=round(seconds, 3)))
-            await self._cache_put(key, vl)
+            self._emit(ProgressEvent(job.id, EventKind.VL_FINISHED, seconds=round(seconds, 3), device=run.vl_device))
+            if vl is not None:
+                await self._cache_put(key, vl)
+        if any(str(r.blend_mode) == "style_delta" for r in job.requests):
+            run.neutrals, load_s = await self._call(run, self._vl_exec, self._neutrals, job.requests, run.vl_keys)
+            run.timings["load"] += load_s
+            extracted = extracted or bool(run.neutrals)
         if extracted and self.vl_auto_unload:
             await self._call(run, self._vl_exec, self._unload_vl)
         t0 = time.monotonic()
@@ -943,22 +989,36 @@ class EngineWorker:
         run.timings["encode_stage"] = time.monotonic() - run.started_at
         self._check_abort(run)
 
-    def _prepare(self, requests: list[StylizeRequest]) -> list[str | None]:  # VL thread
+    def _prepare(self, requests: list[StylizeRequest]) -> tuple[list[str | None], str | None]:  # VL thread
+        """check_inputs, and the VL key of each cell that needs an extraction (``None``: no reference or α = 0)."""
         pipe = self._pipe()
         for request in requests:
             pipe.check_inputs(request)
-        return [self._vl_key(r) for r in requests]
+        needs = getattr(pipe, "needs_reference", None) or (lambda r: r.reference is not None)
+        keys = [(self._vl_key(r) if self._vl_key is not None else pipeline_vl_key(pipe, r, self._identities))
+                if needs(r) else None for r in requests]
+        device = getattr(pipe, "vl_device", None) if any(k is not None for k in keys) else None
+        return keys, None if device is None else str(device)
 
-    def _extract(self, request: StylizeRequest) -> tuple[VLResult, float]:  # VL thread
+    def _neutrals(self, requests: list[StylizeRequest], keys: list[str | None]) -> tuple[dict[int, Any], float]:
+        """style_delta's neutral (mid-gray) extraction per cell, in the VL thread (the pipeline memoises it)."""
+        pipe = self._pipe()
+        out: dict[int, Any] = {}
+        load_s = 0.0
+        for i, request in enumerate(requests):
+            if keys[i] is not None and str(request.blend_mode) == "style_delta" and hasattr(pipe, "neutral_reference"):
+                load_s += self._ensure(pipe, "vl")
+                out[i] = pipe.neutral_reference(request)
+                self._last_vl_use = time.monotonic()
+        return out, load_s
+
+    def _extract(self, request: StylizeRequest) -> tuple[VLResult | None, float]:  # VL thread
         pipe = self._pipe()
         load_s = self._ensure(pipe, "vl")
         try:
-            vl = pipe.encode_reference(request)
+            return pipe.encode_reference(request), load_s
         finally:
             self._last_vl_use = time.monotonic()
-        if vl is None:
-            raise RuntimeError("encode_reference returned None for a request with a reference")
-        return vl, load_s
 
     def _unload_vl(self) -> None:  # VL thread
         pipe = self._pipe()
@@ -975,12 +1035,9 @@ class EngineWorker:
             if key not in seen:
                 seen[key] = pipe.encode_prompt(request)
             out.append(seen[key])
+            if request.guidance_scale > 0 and hasattr(pipe, "negative_embedding"):
+                pipe.negative_embedding(request)  # CFG's negative, memoised by the pipeline: not in the DiT thread
         return out, load_s
-
-    def _vl_device(self) -> str | None:
-        pipe = self._pipeline
-        dev = getattr(pipe, "vl_device", None) if pipe is not None else None
-        return None if dev is None else str(dev)
 
     async def _cache_get(self, key: str) -> VLResult | None:
         if self.cache is None:
@@ -1024,6 +1081,9 @@ class EngineWorker:
         groups: list[list[int]] = []
         open_groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
+            if str(r.blend_mode) == "style_delta":  # generate_batch takes no neutrals: alone, with its neutral
+                groups.append([i])
+                continue
             key = _batch_key(r)
             pixels = r.width * r.height * len(r.seeds)
             group = open_groups.get(key)
@@ -1069,7 +1129,9 @@ class EngineWorker:
         if len(group) > 1:
             return list(pipe.generate_batch(requests, vls, texts, progress=progress,  # type: ignore[attr-defined]
                                             should_abort=run.abort.is_set)), load_s
-        return [pipe.generate(requests[0], vls[0], texts[0], progress=progress, should_abort=run.abort.is_set)], load_s
+        extra = {"neutral": run.neutrals[group[0]]} if group[0] in run.neutrals else {}
+        return [pipe.generate(requests[0], vls[0], texts[0], progress=progress, should_abort=run.abort.is_set,
+                              **extra)], load_s
 
     # --- shared stage machinery -------------------------------------------------------------------------------------
     def _arm_timer(self, run: _Run) -> None:
@@ -1145,7 +1207,7 @@ class EngineWorker:
             run.timer.cancel()
         self._runs.pop(run.job.id, None)
         self._handoff.discard(run)
-        run.vls, run.texts = {}, []
+        run.vls, run.texts, run.neutrals = {}, [], {}
         self._set_idle_if_done()
 
     def _set_idle_if_done(self) -> None:

@@ -754,3 +754,44 @@ async def test_event_loop_stays_responsive_during_blocking_stages(make_worker):
     await tick
     assert len(lags) > 20
     assert max(lags) < 0.2, f"max event-loop lag {max(lags):.3f}s"
+
+
+# --- the real tiny models ----------------------------------------------------------------------------------------
+async def test_real_tiny_pipeline_end_to_end(tiny_models, tmp_path):
+    """One real run: StylePipeline on the tiny models, the real EmbeddingCache, a sweep batched on the DiT."""
+    from engine.cache import EmbeddingCache, MemoryCacheIndex
+    from engine.pipeline import StylePipeline
+
+    pipe = StylePipeline.from_pretrained(tiny_models.zimage, tiny_models.qwen3vl, device="cpu")
+    cache = EmbeddingCache(tmp_path / "cache", MemoryCacheIndex(), 8 << 20)
+    rec = Recorder()
+    w = EngineWorker(pipe, settings=settings(cpu_threads=1), cache=cache, recorder=rec)
+    await w.start()
+    try:
+        reference = Image.new("RGB", (96, 64), (200, 40, 40))
+        base = StylizeRequest(prompt="a cat", reference=reference, steps=2, width=64, height=64, alpha=0.5)
+        await w.submit(Job(owner_id=1, requests=[base], id="one"))
+        sweep = [base.replace(alpha=a, seeds=(s,)) for a in (0.2, 0.8) for s in (1, 2)]
+        sweep.append(base.replace(blend_mode="style_delta"))
+        await w.submit(Job(owner_id=2, requests=sweep, id="sweep", kind="sweep"))
+        await w.submit(Job(owner_id=3, requests=[base.replace(alpha=1.7)], id="bad"))
+        sub = w.subscribe("sweep")
+        one = await w.wait("one")
+        assert one.status is JobStatus.DONE, one.error
+        assert one.results[0].images[0].size == (64, 64) and one.results[0].vl is not None
+        swept = await w.wait("sweep")
+        assert swept.status is JobStatus.DONE, swept.error
+        assert [r.seeds for r in swept.results] == [[1], [2], [1], [2], [0]]
+        assert all(r.images[0].size == (64, 64) for r in swept.results)
+        kinds = [e.kind for e in [e async for e in sub]]
+        assert EventKind.VL_CACHED in kinds and EventKind.VL_STARTED not in kinds  # the first job's extraction
+        assert kinds.count(EventKind.CELL_DONE) == 2  # 4 cells in one batched DiT call + style_delta alone
+        bad = await w.wait("bad")
+        assert bad.status is JobStatus.FAILED and bad.error.startswith("alpha must be") and "1.7" in bad.error
+        stats = await cache.stats()
+        assert stats["hits"] == 1 and stats["entries"] == 1
+        status = await w.status()
+        assert set(status["loaded"]) == {"vl", "text", "dit"} and status["counters"]["done"] == 2
+        assert rec.outcomes["sweep"].timings["dit"] > 0
+    finally:
+        await w.stop()
