@@ -1,0 +1,232 @@
+"""From slash-command options to a :class:`~engine.types.StylizeRequest`, and the words the bot uses for parameters.
+
+Options resolve key by key through ``bot.store.resolve_params``: what the command gave, then the user's
+``/defaults``, then the server preset named in the command, then the operator's settings (:func:`settings_defaults`).
+The resolved dict (user-facing names: ``style_weight``, ``layer``, ``seed`` ...) is stored on the job, so a button
+pressed after a restart rebuilds the same request (:func:`request_from_record`).
+
+Pure: no Discord, no I/O. Cogs import their choices and texts from here rather than from the engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from bot.store.defaults import PRESET_KEYS, USER_DEFAULT_KEYS, global_defaults
+from engine.sweep import PRESETS as SWEEP_PRESETS
+from engine.sweep import parse_values
+from engine.types import (
+    BlendMode,
+    FitMode,
+    LayerWeight,
+    Normalization,
+    OutlierDirection,
+    OutlierMode,
+    StylizeRequest,
+    TokenMode,
+    alpha_to_style_weight,
+)
+
+#: Output sizes offered by ``size``: about one megapixel, both sides multiples of 16 (plus a fast small square).
+SIZES: dict[str, tuple[int, int]] = {
+    "1:1": (1024, 1024),
+    "3:2": (1248, 832),
+    "2:3": (832, 1248),
+    "4:3": (1152, 864),
+    "3:4": (864, 1152),
+    "16:9": (1360, 768),
+    "9:16": (768, 1360),
+    "1:1 small": (512, 512),
+}
+
+#: What each blend mode does, in plain words (one line for option labels, a few sentences for ``/blendmode info``).
+#: Kept in step with the docstrings of ``engine.blending``.
+BLEND_MODES: dict[BlendMode, tuple[str, str]] = {
+    BlendMode.POOL: (
+        "default: averages the whole reference into the prompt",
+        "Averages the whole reference, band by band, and mixes it into the prompt. Every part of the image counts; "
+        "fine detail is averaged away, colours and overall look are kept. The default and the best all-rounder.",
+    ),
+    BlendMode.APPEND: (
+        "adds the reference as extra tokens after the prompt",
+        "Leaves your prompt untouched and adds a few dozen summary tokens of the reference after it, like "
+        "Midjourney's --sref. The prompt's content is never overwritten; style weight moves the extra tokens from "
+        "'like the prompt' to 'like the reference'.",
+    ),
+    BlendMode.LINEAR: (
+        "mixes position by position (reads only a top-left strip)",
+        "Mixes reference and prompt position by position. Only the first few positions of the reference are read "
+        "(a strip of its top-left corner, about 1% of the image), so it transfers little. Kept as a baseline.",
+    ),
+    BlendMode.INTERPOLATE: (
+        "stretches the reference to the prompt's length (samples a few spots)",
+        "Stretches the reference sequence to the prompt's length by sampling it at a few evenly spaced spots, then "
+        "mixes. Reads about two positions per prompt token, so much of the image is skipped.",
+    ),
+    BlendMode.ADAIN: (
+        "re-styles each prompt token with reference statistics",
+        "Keeps the direction of each prompt token and only borrows a shift and a scale from the averaged "
+        "reference. Content is kept; the visible style change is small.",
+    ),
+    BlendMode.ADAIN_PER_DIM: (
+        "re-styles each feature with whole-image statistics: colour transfer",
+        "Gives every feature of the prompt the reference's average and spread over the whole image. Colours "
+        "transfer well; at high weights the subject can get distorted. The seed's img2img favourite.",
+    ),
+    BlendMode.STYLE_DELTA: (
+        "adds reference minus a grey image (keep the weight low)",
+        "Adds what makes the reference different from a plain grey image. Strong: it can wipe out the prompt's "
+        "content at style weight 200 or more, so keep it low.",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """What a command gave; ``None`` means "not given" (the user's defaults, then the preset, then the settings)."""
+
+    prompt: str = ""
+    style_weight: float | None = None
+    blend_mode: str | None = None
+    layer: int | None = None
+    tokens: str | None = None
+    seed: int | None = None
+    steps: int | None = None
+    size: str | None = None
+    strength: float | None = None
+    preset: str | None = None
+    private: bool | None = None
+
+    def request_layer(self) -> dict[str, Any]:
+        """The options as a ``resolve_params`` layer (parameter names of ``bot.store.defaults.PARAM_SPECS``)."""
+        out: dict[str, Any] = {
+            "style_weight": self.style_weight, "blend_mode": self.blend_mode, "layer": self.layer,
+            "tokens": self.tokens, "seed": self.seed, "steps": self.steps, "private": self.private,
+        }  # fmt: skip
+        if self.size is not None:
+            out["width"], out["height"] = size_of(self.size)
+        return {k: v for k, v in out.items() if v is not None}
+
+
+def size_of(name: str) -> tuple[int, int]:
+    """``(width, height)`` of a size choice; ``ValueError`` naming ``size`` otherwise."""
+    try:
+        return SIZES[name]
+    except KeyError:
+        raise ValueError(f"size must be one of {', '.join(SIZES)}; got {name!r}") from None
+
+
+def size_name(width: int, height: int) -> str:
+    """``"3:2 (1248×832)"`` for a known size, ``"1000×800"`` otherwise."""
+    for name, wh in SIZES.items():
+        if wh == (width, height):
+            return f"{name} ({width}×{height})"
+    return f"{width}×{height}"
+
+
+def settings_defaults(settings: Any) -> dict[str, Any]:
+    """The bottom layer of resolution: the built-in defaults overridden by the operator's settings."""
+    out = global_defaults()
+    out.update(
+        style_weight=alpha_to_style_weight(settings.alpha), alpha=settings.alpha,
+        blend_mode=str(settings.blend_mode), layer=settings.hidden_layer, tokens=str(settings.tokens),
+        normalization=str(settings.normalization), target_std=settings.target_std,
+        outlier_mode=str(settings.outlier_mode), outlier_threshold=settings.outlier_threshold,
+        append_tokens=settings.append_tokens, fit_mode=str(settings.fit_mode), steps=settings.steps,
+        width=settings.width, height=settings.height, guidance_scale=settings.guidance_scale, shift=settings.shift,
+    )  # fmt: skip
+    return out
+
+
+def _hidden_layer(value: Any) -> int | tuple[LayerWeight, ...]:
+    if isinstance(value, (list, tuple)):
+        return tuple(LayerWeight(int(layer), float(weight)) for layer, weight in value)
+    return int(value)
+
+
+def fix_seed(resolved: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``resolved`` whose ``seed`` is a number (``"random"`` draws one; seeds stay below 2**32)."""
+    out = dict(resolved)
+    if not isinstance(out.get("seed"), int):
+        out["seed"] = secrets.randbelow(2**32)
+    return out
+
+
+def build_request(resolved: dict[str, Any], *, prompt: str, reference: Any, strength: float | None) -> StylizeRequest:
+    """The request for resolved parameters (``seed`` must be a number: see :func:`fix_seed`)."""
+    return StylizeRequest(
+        prompt=prompt,
+        reference=reference,
+        alpha=float(resolved["alpha"]),
+        blend_mode=BlendMode.parse(resolved["blend_mode"], "blend_mode"),
+        hidden_layer=_hidden_layer(resolved["layer"]),
+        tokens=TokenMode.parse(resolved["tokens"], "tokens"),
+        normalization=Normalization.parse(resolved["normalization"], "normalization"),
+        target_std=float(resolved["target_std"]),
+        outlier_mode=OutlierMode.parse(resolved["outlier_mode"], "outlier_mode"),
+        outlier_threshold=float(resolved["outlier_threshold"]),
+        outlier_direction=OutlierDirection.parse(resolved.get("outlier_direction", "both"), "outlier_direction"),
+        append_tokens=int(resolved["append_tokens"]),
+        fit_mode=FitMode.parse(resolved["fit_mode"], "fit_mode"),
+        seeds=(int(resolved["seed"]),),
+        steps=int(resolved["steps"]),
+        width=int(resolved["width"]),
+        height=int(resolved["height"]),
+        strength=strength,
+        guidance_scale=float(resolved["guidance_scale"]),
+        shift=float(resolved["shift"]),
+    )
+
+
+_ENUM_FIELDS = {"blend_mode": BlendMode, "tokens": TokenMode, "normalization": Normalization,
+                "outlier_mode": OutlierMode, "outlier_direction": OutlierDirection, "fit_mode": FitMode}
+_REQUEST_FIELDS = {f.name for f in dataclasses.fields(StylizeRequest)} - {"reference"}
+
+
+def request_from_record(record: dict[str, Any], reference: Any) -> StylizeRequest:
+    """Inverse of ``StylizeRequest.record()`` (keys it does not know are ignored)."""
+    kwargs: dict[str, Any] = {}
+    for key, value in record.items():
+        if key not in _REQUEST_FIELDS:
+            continue
+        if key in _ENUM_FIELDS:
+            value = _ENUM_FIELDS[key].parse(value, key)
+        elif key == "hidden_layer":
+            value = _hidden_layer(value)
+        elif key == "seeds":
+            value = tuple(int(s) for s in value)
+        kwargs[key] = value
+    return StylizeRequest(reference=reference, **kwargs)
+
+
+def defaults_from(resolved: dict[str, Any]) -> dict[str, Any]:
+    """What "save as my defaults" stores from a job: its settings, not its seed or privacy."""
+    keys = USER_DEFAULT_KEYS - {"seed", "private", "alpha"}
+    return {k: resolved[k] for k in sorted(keys) if resolved.get(k) is not None}
+
+
+def preset_from(resolved: dict[str, Any]) -> dict[str, Any]:
+    """What "save as server preset" stores from a job: every preset setting except the seed."""
+    keys = PRESET_KEYS - {"seed", "alpha"}
+    return {k: resolved[k] for k in sorted(keys) if resolved.get(k) is not None}
+
+
+def check_axis_values(key: str, text: str) -> str:
+    """Validate a sweep value list (``"0.2,0.4,0.6"``, ranges ``0.2:0.8:0.2``, layer mixes ``-6+-8``); returns the
+    text unchanged. ``ValueError`` naming the axis otherwise."""
+    parse_values(key, text)
+    return text
+
+
+def sweep_presets() -> dict[str, str]:
+    """Sweep preset names and one-line descriptions, in the engine's documented order."""
+    return {name: preset.description for name, preset in SWEEP_PRESETS.items()}
+
+
+def describe_layer(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return " + ".join(f"{int(layer)}×{float(weight):g}" for layer, weight in value)
+    return str(value)

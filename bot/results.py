@@ -1,0 +1,132 @@
+"""The final message of a finished job: images encoded for the upload limit, the embed, the JSON, the buttons.
+
+Image work (PNG with every parameter in its metadata, or WebP/JPEG/downscaled when over the limit; the sweep grid)
+runs in a thread; embeds and views are built on the event loop (discord.py views need it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import discord
+
+from bot.params import describe_layer
+from bot.ui.buttons import result_view
+from bot.ui.embeds import params_json, result_embed, sweep_embed
+from engine.grid import fit_grid_for_upload, make_sweep_grid
+from engine.images import encode_for_upload, png_with_metadata
+from engine.queue import Job, JobOutcome
+
+
+@dataclass
+class Outgoing:
+    """A message to send or edit into. ``uploads`` are ``(filename, bytes)``; :attr:`files` makes fresh
+    ``discord.File`` objects for every attempt (a file object is consumed by a request)."""
+
+    content: str | None = None
+    embeds: list[discord.Embed] = field(default_factory=list)
+    uploads: list[tuple[str, bytes]] = field(default_factory=list)
+    view: discord.ui.View | None = None
+
+    @property
+    def files(self) -> list[discord.File]:
+        return [discord.File(io.BytesIO(data), filename=name) for name, data in self.uploads]
+
+    def fields(self) -> dict[str, Any]:
+        return {"content": self.content, "embeds": self.embeds, "view": self.view}
+
+
+def _record(job: Job, result: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """What a result PNG carries: enough to reproduce it."""
+    return {"job_id": job.id, "params": result.params, "seeds": result.seeds, "timings": result.timings,
+            "resolved": params.get("resolved"), "reference_sha256": (params.get("reference") or {}).get("sha256")}
+
+
+def _encode_images(job: Job, outcome: JobOutcome, limit: int) -> list[tuple[str, bytes]]:
+    params = job.context["params"]
+    result = outcome.results[0]
+    uploads = []
+    for image, seed in zip(result.images, result.seeds, strict=True):
+        data, name, _ctype = encode_for_upload(image, _record(job, result, params), limit,
+                                               stem=f"zvl-{job.id[:8]}-{seed}")
+        uploads.append((name, data))
+    return uploads
+
+
+def save_results(root: Path, job: Job, outcome: JobOutcome) -> list[str]:
+    """Write every result image as a PNG with its parameters under ``root``; returns the paths (for the job row)."""
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, result in enumerate(outcome.results):
+        if result is None:
+            continue
+        record = _record(job, result, job.context["params"])
+        for j, image in enumerate(result.images):
+            path = root / f"{i:02d}-{j}.png"
+            path.write_bytes(png_with_metadata(image, record))
+            paths.append(str(path))
+    return paths
+
+
+def _subtitle(job: Job) -> str:
+    r = job.requests[-1]
+    strength = "txt2img" if r.strength is None else f"img2img {r.strength:g}"
+    return f"{r.width}×{r.height} · {r.steps} steps · seed {r.seeds[0]} · {strength}"
+
+
+def _encode_grid(job: Job, outcome: JobOutcome, limit: int) -> tuple[str, bytes]:
+    plan = job.context["plan"]
+    reference = job.context.get("reference")
+    images = [res.images[0] if res is not None and res.images else None for res in outcome.results]
+    images += [None] * (len(plan.cells) - len(images))
+    grid = make_sweep_grid(plan, images, reference=reference.image if reference else None,
+                           title=job.requests[0].prompt or None, subtitle=_subtitle(job))
+    record = {"job_id": job.id, **plan.record()}
+    data, name, _ctype = fit_grid_for_upload(grid, record, limit, stem=f"zvl-sweep-{job.id[:8]}")
+    return name, data
+
+
+def cells_record(job: Job, outcome: JobOutcome) -> dict[str, Any]:
+    """``cells.json``: the plan and, per cell, its label, axes and full parameters (with the seeds used)."""
+    plan = job.context["plan"]
+    cells = []
+    for i, cell in enumerate(plan.cells):
+        entry = cell.record()
+        result = outcome.results[i] if i < len(outcome.results) else None
+        if result is not None:
+            entry["params"] = result.params
+            entry["timings"] = result.timings
+        cells.append(entry)
+    return {"job_id": job.id, "plan": plan.record(), "timings": outcome.timings, "cells": cells}
+
+
+async def render_result(job: Job, outcome: JobOutcome, limit: int) -> Outgoing:
+    """The message for a finished job, every file within ``limit`` bytes."""
+    params = job.context["params"]
+    mention = f"<@{job.owner_id}>"
+    if job.kind == "stylize":
+        uploads = await asyncio.to_thread(_encode_images, job, outcome, limit)
+        rendered = result_embed(job_id=job.id, prompt=params["prompt"], resolved=params["resolved"],
+                                strength=params.get("strength"), preset=params.get("preset"),
+                                timings=outcome.timings)
+        if rendered.truncated:
+            uploads.append(("params.json", params_json({"job_id": job.id, **params})))
+        rendered.embed.set_image(url=f"attachment://{uploads[0][0]}")
+        return Outgoing(content=f"{mention} your image is ready.", embeds=[rendered.embed], uploads=uploads,
+                        view=result_view(job.id, job.kind))
+    plan = job.context["plan"]
+    name, data = await asyncio.to_thread(_encode_grid, job, outcome, limit)
+    title = "Blend mode comparison" if job.kind == "compare" else f"Sweep: {plan.preset or 'custom'}"
+    r = job.requests[-1]
+    fixed = {"mode": r.blend_mode.value, "layer": describe_layer(r.record()["hidden_layer"]), "tokens": r.tokens.value}
+    fixed = {k: v for k, v in fixed.items() if k not in plan.axes}
+    rendered = sweep_embed(job_id=job.id, prompt=params["prompt"], title=title, note=plan.note, axes=plan.axes,
+                           cells=len(plan.cells), fixed=fixed, timings=outcome.timings)
+    rendered.embed.set_image(url=f"attachment://{name}")
+    uploads = [(name, data), ("cells.json", params_json(cells_record(job, outcome)))]
+    return Outgoing(content=f"{mention} your {title.lower()} is ready.", embeds=[rendered.embed], uploads=uploads,
+                    view=result_view(job.id, job.kind))

@@ -1,0 +1,119 @@
+"""The one typed handle cogs use: ``bot.services`` (settings, store, worker, cache, references, notifier, jobs).
+
+Built in ``ZvlBot.setup_hook`` and owned by the bot, not by a cog, so reloading a cog never drops a model or a
+queue. Start-up order: database (migrations) -> embedding cache recovery -> worker (not yet running) -> restart
+recovery -> worker start. Shutdown: the worker stops taking jobs and drains for ``grace_s`` (jobs still running
+then are put back as queued and persisted), deliveries of finished jobs get a few seconds, the database closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from bot.checks import Cooldowns
+from bot.jobs import JobService
+from bot.notifier import Notifier
+from bot.references import ReferenceStore
+from bot.results import render_result
+from bot.store import Store
+from engine.cache import EmbeddingCache
+from engine.worker import EngineWorker
+
+if TYPE_CHECKING:  # pragma: no cover
+    import discord
+
+    from engine.settings import Settings
+    from engine.worker import PipelineLike
+
+log = logging.getLogger(__name__)
+
+PipelineFactory = Callable[[], "PipelineLike"]
+
+
+def default_pipeline_factory(settings: Settings) -> PipelineFactory:
+    """Build ``engine.pipeline.StylePipeline`` from the settings, lazily (in the worker's thread, on first need)."""
+
+    def build() -> PipelineLike:
+        from engine.pipeline import StylePipeline
+
+        return StylePipeline.from_settings(settings)
+
+    return build
+
+
+@dataclass
+class Services:
+    """Everything the cogs and buttons reach; see the module docstring for the lifecycle."""
+
+    settings: Settings
+    store: Store
+    cache: EmbeddingCache
+    worker: EngineWorker
+    references: ReferenceStore
+    notifier: Notifier
+    jobs: JobService
+    cooldowns: Cooldowns
+    started_at: float
+
+    @classmethod
+    async def open(cls, bot: discord.Client, settings: Settings, pipeline_factory: PipelineFactory | None = None,
+                   *, progress_interval: float = 2.0) -> Services:
+        """Open the database (applying migrations) and build every service; nothing runs yet (see :meth:`start`)."""
+        store = await Store.open(settings.db_path)
+        try:
+            cache = EmbeddingCache(settings.cache_dir, store.cache_index, settings.cache_max_bytes)
+            await cache.recover()
+            worker = EngineWorker(settings=settings, cache=cache,
+                                  pipeline_factory=pipeline_factory or default_pipeline_factory(settings))
+            notifier = Notifier(bot, worker, render_result, interval=progress_interval)
+            references = ReferenceStore.from_settings(settings)
+            cooldowns = Cooldowns(settings.cooldown_s)
+            jobs = JobService(settings, store, worker, references, notifier, cooldowns)
+            worker.recorder = jobs
+        except BaseException:
+            await store.close()
+            raise
+        return cls(settings, store, cache, worker, references, notifier, jobs, cooldowns, time.monotonic())
+
+    async def start(self) -> None:
+        """Resume the jobs a restart interrupted, then start the worker."""
+        await self.jobs.recover()
+        await self.worker.start()
+
+    async def close(self, grace_s: float = 20.0) -> None:
+        """Drain the worker (then persist what is left as queued), finish deliveries, close the database."""
+        try:
+            await self.worker.stop(grace_s=grace_s)
+            await self.notifier.close(grace_s=5.0)
+        finally:
+            await self.store.close()
+        log.info("services closed")
+
+    async def status(self) -> dict[str, Any]:
+        """What ``/admin status`` shows: worker state, models, devices and memory, cache, uptime."""
+        worker = await self.worker.status()
+        return {"worker": worker, "cache": await self.cache.stats(), "devices": await asyncio.to_thread(devices),
+                "uptime_s": time.monotonic() - self.started_at}
+
+
+def devices() -> dict[str, Any]:
+    """Accelerators and memory: CUDA devices with allocated/reserved/total bytes, and this process's peak RSS."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    out: dict[str, Any] = {"process_peak_rss": rss, "cuda": []}
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return out
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            out["cuda"].append({"index": i, "name": torch.cuda.get_device_name(i),
+                                "allocated": torch.cuda.memory_allocated(i), "reserved": torch.cuda.memory_reserved(i),
+                                "total": torch.cuda.get_device_properties(i).total_memory})
+    return out

@@ -1,0 +1,90 @@
+"""Result and status buttons as ``discord.ui.DynamicItem``: the state lives in the custom id ``zvl:<action>:<job_id>``.
+
+Because the job id is in the custom id and the job's parameters are in the ``jobs`` table, the buttons keep
+working after a restart with nothing to re-register but the item class (``bot.add_dynamic_items(JobButton)``).
+Presses go to ``services.jobs.press`` (owner or moderator check, then the action); any failure is answered with
+the one error policy (``bot.errors.report_error``), as slash commands are.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import discord
+
+from bot.errors import report_error
+
+#: action -> (label, emoji, style). The order is the order on a result message.
+ACTIONS: dict[str, tuple[str, str, discord.ButtonStyle]] = {
+    "reroll": ("Reroll", "🎲", discord.ButtonStyle.primary),
+    "vary": ("Vary", "🔀", discord.ButtonStyle.secondary),
+    "defaults": ("Save as my defaults", "💾", discord.ButtonStyle.secondary),
+    "preset": ("Save as server preset", "📌", discord.ButtonStyle.secondary),
+    "delete": ("Delete", "🗑️", discord.ButtonStyle.danger),
+    "cancel": ("Cancel", "✖️", discord.ButtonStyle.danger),
+}
+#: Buttons of each job kind's result message.
+RESULT_ACTIONS = {"stylize": ("reroll", "vary", "defaults", "preset", "delete"), "sweep": ("reroll", "delete"),
+                  "compare": ("reroll", "delete")}
+
+
+def custom_id(action: str, job_id: str) -> str:
+    return f"zvl:{action}:{job_id}"
+
+
+_TEMPLATE = r"zvl:(?P<action>" + "|".join(ACTIONS) + r"):(?P<job_id>[0-9a-f]{32})"
+
+
+class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=_TEMPLATE):
+    """One button of a job's message; pressing it calls ``services.jobs.press(interaction, action, job_id)``."""
+
+    def __init__(self, action: str, job_id: str) -> None:
+        label, emoji, style = ACTIONS[action]
+        super().__init__(discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=custom_id(action, job_id)))
+        self.action, self.job_id = action, job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
+                             match: re.Match[str]) -> JobButton:
+        return cls(match["action"], match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction) -> Any:
+        try:
+            await interaction.client.services.jobs.press(interaction, self.action, self.job_id)  # type: ignore[attr-defined]
+        except Exception as exc:  # one error policy for buttons too
+            await report_error(interaction, exc)
+
+
+def _view(job_id: str, actions: tuple[str, ...]) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for action in actions:
+        view.add_item(JobButton(action, job_id))
+    return view
+
+
+def result_view(job_id: str, kind: str) -> discord.ui.View:
+    """The buttons under a finished job's result."""
+    return _view(job_id, RESULT_ACTIONS.get(kind, ("delete",)))
+
+
+def status_view(job_id: str) -> discord.ui.View:
+    """The Cancel button under a queued or running job's status message."""
+    return _view(job_id, ("cancel",))
+
+
+class PresetNameModal(discord.ui.Modal, title="Save as server preset"):
+    """Asks for the preset name, then saves the job's settings under it (``services.jobs.save_preset``)."""
+
+    name: discord.ui.TextInput = discord.ui.TextInput(label="Preset name", min_length=1, max_length=32,
+                                                     placeholder="e.g. watercolor")
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(custom_id=f"zvl:presetname:{job_id}", timeout=600)
+        self.job_id = job_id
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await interaction.client.services.jobs.save_preset(interaction, self.job_id, self.name.value)  # type: ignore[attr-defined]
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
+        await report_error(interaction, error)

@@ -1,0 +1,93 @@
+"""Option types, choices, the sweep value-list transformer and the preset autocomplete shared by the cogs.
+
+Style weight is Midjourney's ``--sw`` scale (0-1000, 100 = the default look); the job service maps it onto the
+blend alpha with ``engine.types.style_weight_to_alpha``, the one documented mapping.
+"""
+
+from __future__ import annotations
+
+import discord
+from discord import app_commands
+
+from bot.checks import services_of
+from bot.errors import UserError
+from bot.params import BLEND_MODES, SIZES, check_axis_values, sweep_presets
+from bot.store.defaults import USER_DEFAULT_KEYS
+
+StyleWeight = app_commands.Range[int, 0, 1000]
+Steps = app_commands.Range[int, 1, 50]
+Layer = app_commands.Range[int, -64, -1]
+Seed = app_commands.Range[int, 0, 2**32 - 1]
+Strength = app_commands.Range[float, 0.05, 1.0]
+Prompt = app_commands.Range[str, 1, 1500]
+PresetName = app_commands.Range[str, 1, 32]
+
+BLEND_MODE_CHOICES = [app_commands.Choice(name=f"{mode.value}: {short}"[:100], value=mode.value)
+                      for mode, (short, _long) in BLEND_MODES.items()]
+TOKEN_CHOICES = [
+    app_commands.Choice(name="full: image and prompt text (default)", value="full"),
+    app_commands.Choice(name="image: the image tokens with their markers", value="image"),
+    app_commands.Choice(name="image_no_markers: the image tokens alone", value="image_no_markers"),
+    app_commands.Choice(name="text: no image tokens (almost no style)", value="text"),
+]
+SIZE_CHOICES = [app_commands.Choice(name=f"{name} ({w}×{h})", value=name) for name, (w, h) in SIZES.items()]
+SWEEP_PRESET_CHOICES = [app_commands.Choice(name=f"{name}: {text}"[:100], value=name)
+                        for name, text in sweep_presets().items()]
+RESET_CHOICES = [app_commands.Choice(name=key, value=key)
+                 for key in sorted(USER_DEFAULT_KEYS - {"alpha", "width", "height"} | {"size"})]
+
+#: ``describe`` texts shared by every command that takes them.
+DESCRIBE = {
+    "image": "The style reference image (PNG, JPEG, WebP, GIF, BMP or TIFF)",
+    "prompt": "What to draw (optional: without it, the reference alone guides the image)",
+    "style_weight": "How strongly the reference's style applies, 0-1000 like Midjourney's --sw (default 100)",
+    "blend_mode": "How the reference is mixed into the prompt (see /blendmode info)",
+    "layer": "Qwen3-VL hidden layer to read, counted from the end (default -6)",
+    "tokens": "Which parts of the reference's sequence to use (default full)",
+    "seed": "Seed for a reproducible image (default random)",
+    "steps": "Denoising steps (default 9)",
+    "size": "Aspect ratio and size of the output, about one megapixel",
+    "strength": "Start from the reference itself (img2img): 0.05 keeps it, 1.0 redraws it",
+    "preset": "A server preset to start from",
+    "private": "Only you see the result",
+}
+
+
+class AxisValues(app_commands.Transformer):
+    """A comma-separated value list for one sweep axis (``0.2,0.4,0.6``, ranges ``0.2:0.8:0.2``, layer mixes
+    ``-6+-8``), checked by the engine's parser; a bad list is a clear ephemeral error naming the axis."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    @property
+    def type(self) -> discord.AppCommandOptionType:
+        return discord.AppCommandOptionType.string
+
+    @property
+    def max_value(self) -> int:
+        return 200
+
+    async def transform(self, interaction: discord.Interaction, value: str) -> str:
+        try:
+            return check_axis_values(self.key, value)
+        except ValueError as exc:
+            raise UserError(f"{exc}"[:1].upper() + f"{exc}"[1:]) from None
+
+
+Alphas = app_commands.Transform[str, AxisValues("alphas")]
+Layers = app_commands.Transform[str, AxisValues("layers")]
+Modes = app_commands.Transform[str, AxisValues("modes")]
+TokenModes = app_commands.Transform[str, AxisValues("tokens")]
+Normalizations = app_commands.Transform[str, AxisValues("normalizations")]
+Outliers = app_commands.Transform[str, AxisValues("outliers")]
+Strengths = app_commands.Transform[str, AxisValues("strengths")]
+Seeds = app_commands.Transform[str, AxisValues("seeds")]
+
+
+async def preset_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    """The server's presets whose name starts with what was typed (at most 25)."""
+    if interaction.guild_id is None:
+        return []
+    presets = await services_of(interaction).store.presets.list(interaction.guild_id, current)
+    return [app_commands.Choice(name=p.name, value=p.name) for p in presets]

@@ -1,0 +1,78 @@
+"""``/defaults show | set | reset``: your own default settings (used whenever a command leaves one out)."""
+
+from __future__ import annotations
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.checks import services_of
+from bot.errors import UserError
+from bot.params import GenerationOptions, settings_defaults
+from bot.store import resolve_params
+from bot.ui.embeds import info_embed, settings_lines
+from cogs._options import (
+    BLEND_MODE_CHOICES,
+    DESCRIBE,
+    RESET_CHOICES,
+    SIZE_CHOICES,
+    TOKEN_CHOICES,
+    Layer,
+    Seed,
+    Steps,
+    StyleWeight,
+)
+
+RESET_KEYS = {"size": ["width", "height"], "style_weight": ["style_weight", "alpha"]}
+SHOWN = ("style_weight", "blend_mode", "layer", "tokens", "steps", "width", "height", "seed", "private")
+
+
+class Defaults(commands.GroupCog, group_name="defaults", group_description="Your default settings"):
+    """The ``/defaults`` group."""
+
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+        super().__init__()
+
+    @app_commands.command(name="show", description="Show your defaults and the settings your images will use")
+    async def show(self, interaction: discord.Interaction) -> None:
+        services = services_of(interaction)
+        mine = await services.store.defaults.get(interaction.user.id)
+        effective = resolve_params({}, mine, None, settings_defaults(services.settings))
+        embed = info_embed("Your settings", settings_lines({k: effective[k] for k in SHOWN if k in effective}),
+                           description="Yours: " + (", ".join(sorted(mine)) or "none yet (server defaults)"))
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    @app_commands.command(name="set", description="Change your defaults (only the options you give)")
+    @app_commands.describe(**{k: DESCRIBE[k] for k in ("style_weight", "blend_mode", "layer", "tokens", "seed",
+                                                       "steps", "size")},
+                           private="Make your results private by default")
+    @app_commands.choices(blend_mode=BLEND_MODE_CHOICES, tokens=TOKEN_CHOICES, size=SIZE_CHOICES)
+    async def set_defaults(self, interaction: discord.Interaction, style_weight: StyleWeight | None = None,
+                           blend_mode: str | None = None, layer: Layer | None = None, tokens: str | None = None,
+                           seed: Seed | None = None, steps: Steps | None = None, size: str | None = None,
+                           private: bool | None = None) -> None:
+        changes = GenerationOptions(style_weight=style_weight, blend_mode=blend_mode, layer=layer, tokens=tokens,
+                                    seed=seed, steps=steps, size=size, private=private).request_layer()
+        if not changes:
+            raise UserError("Give at least one setting to change (see `/defaults show`).")
+        try:
+            saved = await services_of(interaction).store.defaults.set(interaction.user.id, changes)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        await interaction.response.send_message(embed=info_embed("Your defaults", settings_lines(saved)),
+                                                ephemeral=True)
+
+    @app_commands.command(name="reset", description="Forget one of your defaults, or all of them")
+    @app_commands.describe(setting="The setting to forget (default: all)")
+    @app_commands.choices(setting=RESET_CHOICES)
+    async def reset(self, interaction: discord.Interaction, setting: str | None = None) -> None:
+        keys = None if setting is None else RESET_KEYS.get(setting, [setting])
+        left = await services_of(interaction).store.defaults.reset(interaction.user.id, keys)
+        title = "All your defaults are reset" if setting is None else f"Reset {setting}"
+        await interaction.response.send_message(embed=info_embed(title, settings_lines(left) or {"Left": "none"}),
+                                                ephemeral=True)
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Defaults(bot))

@@ -1,0 +1,50 @@
+"""``/stylize``: one image in the style of an attached reference."""
+
+from __future__ import annotations
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.checks import generation_cooldown, services_of
+from bot.params import GenerationOptions
+from cogs._options import (
+    BLEND_MODE_CHOICES,
+    DESCRIBE,
+    SIZE_CHOICES,
+    TOKEN_CHOICES,
+    Layer,
+    Prompt,
+    Seed,
+    Steps,
+    Strength,
+    StyleWeight,
+    preset_autocomplete,
+)
+
+
+class Stylize(commands.Cog):
+    """Style-reference generation."""
+
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="stylize", description="Make an image in the style of a reference image")
+    @app_commands.describe(**DESCRIBE)
+    @app_commands.choices(blend_mode=BLEND_MODE_CHOICES, tokens=TOKEN_CHOICES, size=SIZE_CHOICES)
+    @app_commands.autocomplete(preset=preset_autocomplete)
+    @app_commands.guild_only()
+    @generation_cooldown()
+    async def stylize(self, interaction: discord.Interaction, image: discord.Attachment, prompt: Prompt | None = None,
+                      style_weight: StyleWeight | None = None, blend_mode: str | None = None,
+                      layer: Layer | None = None, tokens: str | None = None, seed: Seed | None = None,
+                      steps: Steps | None = None, size: str | None = None, strength: Strength | None = None,
+                      preset: str | None = None, private: bool | None = None) -> None:
+        options = GenerationOptions(prompt=prompt or "", style_weight=style_weight, blend_mode=blend_mode,
+                                    layer=layer, tokens=tokens, seed=seed, steps=steps, size=size, strength=strength,
+                                    preset=preset, private=private)
+        await services_of(interaction).jobs.stylize(interaction, image, options)
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Stylize(bot))
