@@ -383,22 +383,55 @@ def _quiet_libraries(debug: bool) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore")
     logging.getLogger().setLevel(logging.ERROR)
+    try:  # progress bars of transformers itself (e.g. "Writing model shards"): the CLI draws its own
+        from transformers.utils import logging as tlog
+
+        tlog.disable_progress_bar()
+        tlog.set_verbosity_error()
+    except Exception:  # noqa: BLE001 - cosmetics only
+        pass
 
 
-def _load_pipeline(settings: Any, progress: Progress) -> tuple[Any, float]:
-    progress.line(f"loading models: Z-Image from {settings.zimage_path}, Qwen3-VL from {settings.vl_path} ...")
-    t0 = time.perf_counter()
+def _make_pipeline(settings: Any) -> Any:
+    """The pipeline object (cheap: weights load in :func:`_load_weights`)."""
     try:
         from engine.pipeline import StylePipeline
 
-        pipe = StylePipeline.from_settings(settings)
+        return StylePipeline.from_settings(settings)
     except (KeyboardInterrupt, CliError):
         raise
-    except Exception as exc:  # noqa: BLE001 - any load failure is one line
-        raise CliError(f"cannot load the models: {_one_line(exc)}") from exc
+    except ValueError as exc:
+        raise UsageError(_one_line(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - any failure is one line
+        raise CliError(f"cannot set up the models: {_one_line(exc)}") from exc
+
+
+_COMPONENT_NAMES = {"text": "Qwen3 text encoder", "dit": "Z-Image DiT + VAE", "vl": "Qwen3-VL"}
+
+
+def _load_weights(pipe: Any, settings: Any, progress: Progress, components: Sequence[str]) -> float:
+    """Load the weights now (they would load lazily on first use), one component at a time, with progress."""
+    progress.line(f"loading models: Z-Image from {settings.zimage_path}, Qwen3-VL from {settings.vl_path}")
+    t0 = time.perf_counter()
+    load = getattr(pipe, "load", None)
+    for i, comp in enumerate(components if load is not None else ()):
+        progress.transient(f"loading models [{i + 1}/{len(components)}] {_COMPONENT_NAMES.get(comp, comp)} ...")
+        try:
+            load(comp)
+        except (KeyboardInterrupt, CliError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any load failure is one line
+            raise CliError(f"cannot load the {_COMPONENT_NAMES.get(comp, comp)}: {_one_line(exc)}") from exc
     seconds = time.perf_counter() - t0
-    progress.line(f"models loaded in {seconds:.1f} s")
-    return pipe, seconds
+    where = getattr(pipe, "loaded_components", lambda: {})()
+    on = ", ".join(f"{_COMPONENT_NAMES.get(k, k)} on {v}" for k, v in where.items())
+    progress.line(f"models loaded in {seconds:.1f} s" + (f" ({on})" if on else ""))
+    return seconds
+
+
+def _needed_components(requests: Sequence[StylizeRequest]) -> list[str]:
+    needs_vl = any(r.reference is not None and r.alpha > 0 for r in requests)
+    return ["text", "dit"] + (["vl"] if needs_vl else [])
 
 
 def _one_line(exc: BaseException) -> str:
@@ -455,10 +488,14 @@ def atomic_write_json(path: Path, record: Any) -> None:
     atomic_write_bytes(path, (json.dumps(_jsonable(record), indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
-def _models_record(settings: Any) -> dict[str, Any]:
-    return {"zimage_path": str(settings.zimage_path), "vl_path": str(settings.vl_path), "demo": bool(settings.demo),
-            "device": settings.device, "vl_device": settings.vl_device, "text_device": settings.text_device,
-            "dtype": settings.dtype}
+def _models_record(settings: Any, pipe: Any = None) -> dict[str, Any]:
+    rec = {"zimage_path": str(settings.zimage_path), "vl_path": str(settings.vl_path), "demo": bool(settings.demo),
+           "device": settings.device, "vl_device": settings.vl_device, "text_device": settings.text_device,
+           "dtype": settings.dtype}
+    loaded = getattr(pipe, "loaded_components", None)
+    if loaded is not None:
+        rec["loaded_on"] = loaded()
+    return rec
 
 
 def _check_inputs(pipe: Any, request: StylizeRequest, what: str = "") -> None:
@@ -477,6 +514,7 @@ def _check_inputs(pipe: Any, request: StylizeRequest, what: str = "") -> None:
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
+    _quiet_libraries(args.debug)
     from engine.tiny import make_tiny
 
     progress = Progress(not args.quiet)
@@ -555,10 +593,11 @@ def cmd_stylize(args: argparse.Namespace) -> int:
             raise CliError(f"cannot create {out.parent}: {exc.strerror or exc}") from None
 
     _quiet_libraries(args.debug)
-    pipe, load_s = _load_pipeline(settings, progress)
-    _check_inputs(pipe, request)
+    pipe = _make_pipeline(settings)
+    _check_inputs(pipe, request)  # before any weights load
+    load_s = _load_weights(pipe, settings, progress, _needed_components([request]))
     progress.line(f"generating {request.width}x{request.height}, {request.steps} steps, alpha={request.alpha:g} "
-                  f"(style weight {alpha_to_style_weight(request.alpha):g}), mode={request.blend_mode} ...")
+                  f"(style weight {alpha_to_style_weight(request.alpha):.4g}), mode={request.blend_mode} ...")
     try:
         result = pipe(request, progress=progress.step_callback("stylize"))
     except (KeyboardInterrupt, CliError):
@@ -567,8 +606,9 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         raise UsageError(_one_line(exc)) from None
     except Exception as exc:  # noqa: BLE001
         raise CliError(f"generation failed: {_one_line(exc)}") from exc
-    record = result_record(result, reference=_reference_record(args.image, reference), models=_models_record(settings),
-                           model_load_seconds=load_s)
+    record = result_record(result, reference=_reference_record(args.image, reference),
+                           models=_models_record(settings, pipe), model_load_seconds=round(load_s, 3),
+                           style_weight=args.style_weight)
     outputs = []
     for i, image in enumerate(result.images):
         path = out if i == 0 else out.with_name(f"{out.stem}_{i}{out.suffix}")
@@ -594,7 +634,7 @@ def result_record(result: Any, **extra: Any) -> dict[str, Any]:
         "params": dict(result.params),
         "seeds": list(result.seeds),
         "timings": dict(result.timings or {}),
-        "vl": result.vl,
+        "vl": _vl_summary(result.vl),
         "stats": dict(result.stats or {}),
     }
     rec.update(extra)
@@ -610,7 +650,7 @@ _SAFE = re.compile(r"[^A-Za-z0-9._+\-]+")
 
 def cell_filename(index: int, label: str) -> str:
     """``03_alpha0.5_layer-8.png``: index first (unique, sorted like the grid), then the label made file-safe."""
-    s = label.replace(" | ", "_").replace("=", "").replace("%", "pct").replace(":", "-")
+    s = label.replace(" | ", "_").replace(": ", "_").replace("=", "").replace("%", "pct").replace(":", "-")
     s = _SAFE.sub("_", s).strip("._-")
     s = re.sub(r"_+", "_", s)[:100]
     return f"{index:02d}_{s or 'cell'}.png"
@@ -628,7 +668,8 @@ def vl_key(request: StylizeRequest) -> tuple:
         layer = tuple((lw.layer, lw.weight) for lw in layer)
     return (id(request.reference), request.vl_text if request.vl_text is not None else request.prompt, layer,
             request.tokens, request.normalization, request.target_std, request.outlier_mode,
-            request.outlier_threshold, request.outlier_direction, request.blend_mode is BlendMode.STYLE_DELTA)
+            request.outlier_threshold, request.outlier_direction, request.text_layer,  # reference stats' layer
+            request.blend_mode is BlendMode.STYLE_DELTA)
 
 
 def text_key(request: StylizeRequest) -> tuple:
@@ -637,10 +678,16 @@ def text_key(request: StylizeRequest) -> tuple:
 
 
 def _vl_summary(vl: Any) -> dict[str, Any] | None:
+    """The extraction's metadata with its per-position ``kinds`` list (1000+ entries) replaced by counts."""
     if vl is None:
         return None
     meta = vl.metadata() if hasattr(vl, "metadata") else dict(vl)
-    meta.pop("kinds", None)  # one entry per position: long, and in the PNG already
+    kinds = meta.pop("kinds", None)
+    if kinds is not None:
+        counts: dict[str, int] = {}
+        for k in kinds:
+            counts[str(k)] = counts.get(str(k), 0) + 1
+        meta["position_kinds"] = counts
     return meta
 
 
@@ -771,7 +818,7 @@ def run_sweep(pipe: Any, plan: SweepPlan, folder: Path, *, prompt: str, referenc
             atomic_write_bytes(folder / name, png_with_metadata(image, rec))
             entry.update(status="ok", file=name, error=None, seconds=round(time.perf_counter() - t0, 3),
                          params=rec["params"], timings=rec["timings"], stats=rec["stats"],
-                         vl=_vl_summary(result.vl) if result.vl is not None else None, vl_reused=reused,
+                         vl=rec["vl"], vl_reused=reused,
                          masked_dimensions=(result.vl or {}).get("masked_dimensions", []))
             from PIL import ImageOps
 
@@ -886,10 +933,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise CliError(f"cannot create {root}: {exc.strerror or exc}") from None
 
     _quiet_libraries(args.debug)
-    pipe, load_s = _load_pipeline(settings, progress)
-    for prompt, plan in plans:  # every cell is checked before the first one runs
+    pipe = _make_pipeline(settings)
+    for prompt, plan in plans:  # every cell is checked before any weights load or the first cell runs
         for cell in plan.cells:
             _check_inputs(pipe, cell.request, f"cell '{cell.label}': ")
+    load_s = _load_weights(pipe, settings, progress,
+                           _needed_components([c.request for _, plan in plans for c in plan.cells]))
 
     ref_record = _reference_record(args.image, reference)
     vl_cache: dict = {}
@@ -918,7 +967,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for (prompt, plan), folder in zip(plans, folders):
             header = {"preset": plan.preset, "preset_note": plan.note, "axes": plan.axes,
                       "overrides": {k: v for k, v in overrides.items() if v is not None},
-                      "plan": plan.record(), "reference": ref_record, "models": _models_record(settings),
+                      "plan": plan.record(), "reference": ref_record, "models": _models_record(settings, pipe),
                       "model_load_seconds": round(load_s, 3), "command": [PROG, *sys.argv[1:]]}
             try:
                 run = run_sweep(pipe, plan, folder, prompt=prompt, reference=reference, header=header,

@@ -19,9 +19,10 @@ image (a failed or not-yet-run cell) is drawn as a box with its reason. Text use
 size scaled to the cell (``ImageFont.load_default(size=...)``; Pillow >= 10.1 with FreeType), falling back to the
 bitmap font without FreeType.
 
-Width, for ``n`` main cells in ``c`` columns: ``pad + (cell_size + pad if side column) + (header + pad if 2-D) +
-c * (cell_size + pad)``, where the 2-D row-header width is ``cell_size // 2``; in 1-D ``c = n`` for ``n <= 6``, else
-``ceil(sqrt(1.5 n))``.
+Width, for ``n`` main cells in ``c`` columns: ``pad + s * (cell_size + pad) + (header + pad if 2-D) +
+c * (cell_size + pad)``, where ``s`` is the number of left columns (1, or more when the reference and the baselines
+would be taller than the main area; 0 without either), the 2-D row-header width is ``cell_size // 2``; in 1-D
+``c = n`` for ``n <= 6``, else ``ceil(sqrt(1.5 n))``.
 """
 
 from __future__ import annotations
@@ -174,8 +175,8 @@ def make_grid(images: Sequence[Image.Image | None], labels: Sequence[str], *,
 
     c = cell_size
     pad = max(4, c // 32)
-    font = _font(max(10, c // 18))
-    small = _font(max(9, c // 22))
+    font = _font(max(12, c // 18))  # below ~12 px the bundled font's spaces all but vanish
+    small = _font(max(10, c // 22))
     title_font = _font(max(12, c // 14))
     lh = _line_height(font)
 
@@ -206,23 +207,12 @@ def make_grid(images: Sequence[Image.Image | None], labels: Sequence[str], *,
             pos = {i: (rows.index(r), cols.index(col)) for i, (r, col) in zip(main, keys)}
 
     # --- measure -------------------------------------------------------------------------------------------------
-    side_w = c + pad if has_side else 0
     header_w = c // 2 if two_d else 0
     if two_d:
         ncols, nrows = len(cols), len(rows)
     else:
         ncols = grid_columns(len(main)) if main else 0
         nrows = math.ceil(len(main) / ncols) if ncols else 0
-    width = pad + side_w + (header_w + pad if two_d else 0) + ncols * (c + pad)
-    width = max(width, pad * 2 + c)
-
-    title_lines = wrap_text(title, title_font, width - 2 * pad) if title else []
-    subtitle_lines = wrap_text(subtitle, small, width - 2 * pad) if subtitle else []
-    title_h = len(title_lines) * _line_height(title_font) + len(subtitle_lines) * _line_height(small)
-    top = pad + title_h + (pad if title_h else 0)
-
-    side_label_lines = [wrap_text(label, font, c) for _img, label, _e, _r in side_items]
-    side_h = sum(c + len(lines) * lh + pad for lines in side_label_lines)
 
     if two_d:
         col_header_lines = [wrap_text(col, font, c) for col in cols]
@@ -239,6 +229,32 @@ def make_grid(images: Sequence[Image.Image | None], labels: Sequence[str], *,
             members = main[r * ncols:(r + 1) * ncols]
             row_h.append(c + max(len(label_lines[i]) for i in members) * lh + pad)
         main_h = sum(row_h)
+
+    # the left column: reference then baselines, flowed into more columns when it would outgrow the main area
+    side_label_lines = [wrap_text(label, font, c) for _img, label, _e, _r in side_items]
+    side_item_h = [c + len(lines) * lh + pad for lines in side_label_lines]
+
+    def side_rows(k: int) -> list[int]:
+        return [max(side_item_h[j:j + k]) for j in range(0, len(side_item_h), k)]
+
+    main_w = (header_w + pad if two_d else 0) + ncols * (c + pad)
+
+    def area(k: int) -> int:
+        return (k * (c + pad) + main_w) * max(sum(side_rows(k)), main_h)
+
+    # as many left columns as make the whole grid smallest (fewest on a tie): a tall stack of baselines beside a
+    # short main area flows into a few columns instead of one long strip
+    side_cols = min(range(1, len(side_items) + 1), key=lambda k: (area(k), k)) if side_items else 1
+    side_row_h = side_rows(side_cols) if side_items else []
+    side_h = sum(side_row_h)
+    side_w = side_cols * (c + pad) if has_side else 0
+
+    width = pad + side_w + (header_w + pad if two_d else 0) + ncols * (c + pad)
+    width = max(width, pad * 2 + c)
+    title_lines = wrap_text(title, title_font, width - 2 * pad) if title else []
+    subtitle_lines = wrap_text(subtitle, small, width - 2 * pad) if subtitle else []
+    title_h = len(title_lines) * _line_height(title_font) + len(subtitle_lines) * _line_height(small)
+    top = pad + title_h + (pad if title_h else 0)
     height = top + max(side_h, main_h) + pad
 
     # --- paint ---------------------------------------------------------------------------------------------------
@@ -253,11 +269,11 @@ def make_grid(images: Sequence[Image.Image | None], labels: Sequence[str], *,
 
     x0 = pad
     if has_side:
-        y = top
-        for (img, label, err, is_ref), lines in zip(side_items, side_label_lines):
-            p.cell_image(x0, y, img, err)
-            p.text_block(x0, y + c, lines, width=c, fill=HEADER_TEXT if is_ref else TEXT)
-            y += c + len(lines) * lh + pad
+        for j, ((img, label, err, is_ref), lines) in enumerate(zip(side_items, side_label_lines)):
+            r, k = divmod(j, side_cols)
+            x, y = x0 + k * (c + pad), top + sum(side_row_h[:r])
+            p.cell_image(x, y, img, err)
+            p.text_block(x, y + c, lines, width=c, fill=HEADER_TEXT if is_ref else TEXT)
         x0 += side_w
 
     if two_d:

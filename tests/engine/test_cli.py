@@ -213,7 +213,7 @@ def test_interrupted_sweep_says_incomplete(tmp_path):
 
 def test_cell_filename_and_vl_key():
     assert cell_filename(3, "alpha=0.5 | layers=-6+-8") == "03_alpha0.5_layers-6+-8.png"
-    assert cell_filename(0, "baseline: text only (alpha=0)") == "00_baseline-_text_only_alpha0.png"
+    assert cell_filename(0, "baseline: text only (alpha=0)") == "00_baseline_text_only_alpha0.png"
     plan, _ = _plan(None, {"alphas": [0.3, 0.6]})
     a, b = plan.cells[1].request, plan.cells[2].request
     assert vl_key(a) == vl_key(b)
@@ -227,3 +227,126 @@ def test_progress_lines_without_tty():
     p.transient("[1/3] step")  # not a terminal: transient lines are skipped
     p.line("[1/3] alpha=0.1: ok")
     assert buf.getvalue() == "[1/3] alpha=0.1: ok\n"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# end to end: the real command line on the tiny models
+# --------------------------------------------------------------------------------------------------------------
+
+TINY = ["--width", "32", "--height", "32", "--steps", "1"]
+
+
+def _models(tiny_models) -> list[str]:
+    return ["--model-path", str(tiny_models.zimage), "--vl-model-path", str(tiny_models.qwen3vl)]
+
+
+@pytest.mark.slow
+def test_stylize_end_to_end(tmp_path, tiny_models, ref_png):
+    out = tmp_path / "sub" / "out.png"
+    proc = _engine(tmp_path, "stylize", "-i", str(ref_png), "-p", "a red fox in the snow", "-o", str(out),
+                   "--alpha", "0.5", "--seed", "5", "--json", *TINY, *_models(tiny_models))
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    with Image.open(out) as im:
+        assert im.size == (32, 32) and im.mode == "RGB"
+    meta = read_png_metadata(out.read_bytes())
+    params = meta["params"]
+    assert params["alpha"] == 0.5 and params["shift"] == 3.0 and params["prompt"] == "a red fox in the snow"
+    assert meta["seeds"] == [5]
+    assert meta["reference"]["size"] == [80, 48]
+    assert meta["vl"] is not None and "original_std" in meta["vl"]
+    printed = json.loads(proc.stdout)
+    assert printed["outputs"] == [str(out)] and printed["params"]["alpha"] == 0.5
+
+
+@pytest.mark.slow
+def test_sweep_alpha_end_to_end(tmp_path, tiny_models, ref_png):
+    out = tmp_path / "alpha"
+    proc = _engine(tmp_path, "sweep", "-i", str(ref_png), "-p", "a lighthouse", "--sweep", "alpha", "-o", str(out),
+                   "--cell-size", "64", *TINY, *_models(tiny_models))
+    assert proc.returncode == 0, proc.stderr
+    assert "[6/6]" in proc.stderr and "Traceback" not in proc.stderr
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["complete"] is True and meta["status"] == "complete"
+    assert meta["cells_total"] == 6 and meta["cells_ok"] == 6
+    assert meta["vl_extractions"] == 1  # five alpha cells, one VL setting
+    assert meta["cells"][0]["baseline"] and meta["cells"][0]["params"]["alpha"] == 0.0
+    assert [c["params"]["alpha"] for c in meta["cells"]] == [0.0, 0.1, 0.3, 0.5, 0.7, 1.0]
+    for cell in meta["cells"]:
+        assert cell["params"]["shift"] == 3.0 and cell["status"] == "ok"
+        png = (out / cell["file"]).read_bytes()
+        assert read_png_metadata(png)["label"] == cell["label"]
+        assert "timings" in cell and "stats" in cell
+    assert meta["cells"][1]["vl"]["original_std"] > 0
+    assert "masked_dimensions" in meta["cells"][1]
+    with Image.open(out / "comparison_grid.png") as grid:
+        # pad 4, the reference and the baseline side by side, then 5 cells of 64 px
+        assert grid.width == 4 + 2 * 68 + 5 * 68
+        assert grid.size == tuple(meta["grid_size"])
+    assert sorted(p.name for p in out.glob("*.png")) == sorted([c["file"] for c in meta["cells"]]
+                                                               + ["comparison_grid.png"])
+
+
+@pytest.mark.slow
+def test_sweep_think_two_prompts_end_to_end(tmp_path, tiny_models, ref_png):
+    out = tmp_path / "think"
+    proc = _engine(tmp_path, "sweep", "-i", str(ref_png), "-p", "a cat", "-p", "a dog", "--sweep",
+                   "think_comparison", "-o", str(out), "--cell-size", "48", "--quiet", "--json",
+                   *TINY, *_models(tiny_models))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == ""  # --quiet
+    summary = json.loads((out / "prompts_summary.json").read_text())
+    assert summary["complete"] is True and [p["prompt"] for p in summary["prompts"]] == ["a cat", "a dog"]
+    printed = json.loads(proc.stdout)
+    assert len(printed["prompts"]) == 2
+    for entry in summary["prompts"]:
+        meta = json.loads((out / entry["dir"] / "metadata.json").read_text())
+        assert meta["complete"] is True and meta["cells_total"] == 4  # 2 img2img baselines + think off/on
+        assert meta["text_encodings"] == 2  # think off and on encoded separately
+        assert [c["params"]["think"] for c in meta["cells"]] == [False, True, False, True]
+        assert all(c["params"]["strength"] == 0.9 for c in meta["cells"])
+        assert (out / entry["dir"] / "comparison_grid.png").is_file()
+
+
+@pytest.mark.slow
+def test_demo_mode_is_loud_even_when_quiet(tmp_path, tiny_models, ref_png):
+    data = tmp_path / "xdg" / "zvl-bot"
+    data.mkdir(parents=True)
+    (data / "tiny-models").symlink_to(tiny_models.root, target_is_directory=True)  # already built: no rebuild
+    out = tmp_path / "demo.png"
+    proc = _engine(tmp_path, "stylize", "--demo", "--quiet", "-i", str(ref_png), "-p", "a cat", "-o", str(out), *TINY)
+    assert proc.returncode == 0, proc.stderr
+    assert "DEMO MODE" in proc.stderr and "NOISE" in proc.stderr
+    assert read_png_metadata(out.read_bytes())["models"]["demo"] is True
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_sweep_leaves_an_incomplete_record(tmp_path, tiny_models, ref_png):
+    import signal
+
+    out = tmp_path / "int"
+    cmd = [sys.executable, "-m", "engine", "sweep", "-i", str(ref_png), "-p", "a boat", "--alphas", "0.05:1:0.05",
+           "-o", str(out), "--width", "64", "--height", "64", "--steps", "3", *_models(tiny_models)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                if json.loads((out / "metadata.json").read_text())["cells_ok"] >= 2:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: interrupted")
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["complete"] is False and meta["status"] == "interrupted"
+    assert 2 <= meta["cells_ok"] < meta["cells_total"] == 21
+    assert (out / "comparison_grid.png").is_file()

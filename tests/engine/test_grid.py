@@ -35,8 +35,9 @@ def test_one_d_size_and_reference_column():
     c, pad = 64, 4
     grid = make_sweep_grid(plan, _imgs(len(plan.cells)), reference=REF, title="Prompt: a cat", cell_size=c)
     assert grid.mode == "RGB"
-    assert grid.width == pad + (c + pad) + 5 * (c + pad)
-    # the reference's red shows in the left column, under the title
+    # one row of cells: the reference and the baseline sit side by side before them (the smallest layout)
+    assert grid.width == pad + 2 * (c + pad) + 5 * (c + pad)
+    # the reference's red shows in the first column, under the title
     reds = [grid.getpixel((pad + c // 2, y)) for y in range(grid.height)]
     assert (250, 0, 0) in reds
 
@@ -51,14 +52,25 @@ def test_one_d_wraps_into_rows():
 
 
 def test_two_d_layout_has_headers():
-    plan = plan_sweep(BASE, None, {"alphas": [0.3, 0.6, 0.9], "steps": [2, 4]}, max_cells=16)
-    assert plan.axes == ["alpha", "steps"]
+    plan = plan_sweep(BASE, None, {"alphas": [0.3, 0.6, 0.9], "layers": [-6, -8]}, max_cells=16)
+    assert plan.axes == ["alpha", "layer"]
     c, pad = 64, 4
     grid = make_sweep_grid(plan, _imgs(len(plan.cells)), reference=REF, cell_size=c)
-    # side column + row headers (c // 2) + 2 columns (steps)
+    # side column + row headers (c // 2) + 2 columns (layers)
     assert grid.width == pad + (c + pad) + (c // 2 + pad) + 2 * (c + pad)
     one_d = make_grid(_imgs(6), [cell.label for cell in plan.cells if not cell.baseline], cell_size=c)
     assert one_d.width == pad + 6 * (c + pad)
+
+
+def test_many_baselines_flow_into_several_side_columns():
+    plan = plan_sweep(BASE, "think_comparison", {"steps": [1, 2]}, max_cells=16)  # 4 baselines, 2x2 main grid
+    c, pad = 64, 4
+    grid = make_sweep_grid(plan, _imgs(len(plan.cells)), reference=REF, cell_size=c)
+    side_cols = (grid.width - pad - (c // 2 + pad) - 2 * (c + pad)) // (c + pad)
+    assert side_cols > 1  # not one strip five cells tall beside a two-row grid
+    assert grid.height < 4 * c
+    tall = make_grid(_imgs(5), ["a"] * 5, side=[True] * 4 + [False], cell_size=c)
+    assert tall.height < 3 * c
 
 
 def test_long_labels_make_the_grid_taller_not_cut():
