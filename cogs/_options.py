@@ -72,7 +72,7 @@ class AxisValues(app_commands.Transformer):
         try:
             return check_axis_values(self.key, value)
         except ValueError as exc:
-            raise UserError(f"{exc}"[:1].upper() + f"{exc}"[1:]) from None
+            raise UserError(f"Bad value list: {exc}") from None
 
 
 Alphas = app_commands.Transform[str, AxisValues("alphas")]

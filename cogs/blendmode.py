@@ -22,6 +22,7 @@ from cogs._options import (
 )
 
 
+@app_commands.guild_only()
 class BlendModes(commands.GroupCog, group_name="blendmode", group_description="Blend modes: how the reference is mixed in"):
     """The ``/blendmode`` group."""
 
@@ -48,7 +49,6 @@ class BlendModes(commands.GroupCog, group_name="blendmode", group_description="B
     @app_commands.describe(modes="Modes to compare, comma-separated (default: all)", **{
         k: DESCRIBE[k] for k in ("image", "prompt", "style_weight", "seed", "steps", "size", "private")})
     @app_commands.choices(size=SIZE_CHOICES)
-    @app_commands.guild_only()
     @generation_cooldown()
     async def compare(self, interaction: discord.Interaction, image: discord.Attachment, prompt: Prompt | None = None,
                       modes: Modes | None = None,
