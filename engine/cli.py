@@ -173,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("-s", "--sweep", metavar="PRESET", help="preset: " + ", ".join(PRESETS))
     sw.add_argument("--max-cells", type=int, default=64, help="refuse sweeps with more cells (64)")
     sw.add_argument("--cell-size", type=int, default=256, help="grid thumbnail size in pixels (256)")
-    sw.add_argument("--overwrite", action="store_true", help="reuse an output folder that holds an earlier sweep")
+    sw.add_argument("--overwrite", action="store_true",
+                    help="reuse a folder that holds an earlier sweep (its cell PNGs, metadata.json and grid are "
+                         "deleted first)")
     g = sw.add_argument_group("axes (one value fixes the setting, several sweep it; they replace the preset's)")
     a = g.add_mutually_exclusive_group()
     a.add_argument("--alphas", "--alpha", "--vl-alpha", dest="alphas", nargs="+", metavar="A",
@@ -646,6 +648,7 @@ def result_record(result: Any, **extra: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------------------
 
 _SAFE = re.compile(r"[^A-Za-z0-9._+\-]+")
+_CELL_FILE = re.compile(r"^\d{2,}_[A-Za-z0-9._+\-]*\.png$")
 
 
 def cell_filename(index: int, label: str) -> str:
@@ -920,23 +923,25 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise UsageError(f"--output-dir {root} exists and is not a folder")
     settings = _prepare_models(settings, progress)
     total_cells = sum(len(plan.cells) for _, plan in plans)
+    _quiet_libraries(args.debug)
+    pipe = _make_pipeline(settings)
+    for prompt, plan in plans:  # every cell is checked before any folder is made or any weights load
+        for cell in plan.cells:
+            _check_inputs(pipe, cell.request, f"cell '{cell.label}': ")
     progress.line(f"sweep {preset}: {len(plans)} prompt(s), {total_cells} cells "
                   f"({sum(len(plan.baselines) for _, plan in plans)} baseline) -> {root}")
     try:
         root.mkdir(parents=True, exist_ok=True)
         for folder in folders:
             folder.mkdir(parents=True, exist_ok=True)
-            for stale in (folder / "metadata.json", folder / "comparison_grid.png"):
-                if stale.exists():  # --overwrite: never leave an old "complete" record next to new cells
-                    stale.unlink()
+            # --overwrite: never leave an earlier sweep's record, grid or cells next to the new ones
+            stale = [folder / "metadata.json", folder / "comparison_grid.png", root / "prompts_summary.json"]
+            stale += [f for f in folder.glob("*.png") if _CELL_FILE.match(f.name)]
+            for path in stale:
+                if path.is_file():
+                    path.unlink()
     except OSError as exc:
         raise CliError(f"cannot create {root}: {exc.strerror or exc}") from None
-
-    _quiet_libraries(args.debug)
-    pipe = _make_pipeline(settings)
-    for prompt, plan in plans:  # every cell is checked before any weights load or the first cell runs
-        for cell in plan.cells:
-            _check_inputs(pipe, cell.request, f"cell '{cell.label}': ")
     load_s = _load_weights(pipe, settings, progress,
                            _needed_components([c.request for _, plan in plans for c in plan.cells]))
 

@@ -159,6 +159,7 @@ def test_run_sweep_reuses_extractions_and_writes_everything(tmp_path):
     plan, ref = _plan("alpha")
     pipe = FakePipe()
     run = _run(tmp_path, pipe, plan, ref)
+    assert run.complete and run.ok == 6
     # five VL cells share one VL setting: one extraction; the baseline has no reference: none
     assert len(pipe.vl_calls) == 1
     assert len(pipe.text_calls) == 1
@@ -350,3 +351,30 @@ def test_ctrl_c_mid_sweep_leaves_an_incomplete_record(tmp_path, tiny_models, ref
     assert meta["complete"] is False and meta["status"] == "interrupted"
     assert 2 <= meta["cells_ok"] < meta["cells_total"] == 21
     assert (out / "comparison_grid.png").is_file()
+
+
+@pytest.mark.slow
+def test_cells_are_checked_before_anything_runs(tmp_path, tiny_models, ref_png):
+    out = tmp_path / "layers"
+    proc = _engine(tmp_path, "sweep", "-i", str(ref_png), "-p", "a cat", "--sweep", "layer", "-o", str(out),
+                   *TINY, *_models(tiny_models))
+    assert proc.returncode == 2
+    assert "layer=-16" in _one_error_line(proc)
+    assert not out.exists()  # the tiny VL model has 8 layers: refused before any folder or cell
+
+
+@pytest.mark.slow
+def test_overwrite_replaces_an_earlier_sweep(tmp_path, tiny_models, ref_png):
+    out = tmp_path / "again"
+    first = _engine(tmp_path, "sweep", "-i", str(ref_png), "-p", "a cat", "--alphas", "0.3", "0.6", "-o", str(out),
+                    "--quiet", *TINY, *_models(tiny_models))
+    assert first.returncode == 0, first.stderr
+    again = _engine(tmp_path, "sweep", "-i", str(ref_png), "-p", "a cat", "--alphas", "0.5", "-o", str(out),
+                    "--quiet", *TINY, *_models(tiny_models))
+    assert again.returncode == 2 and "--overwrite" in _one_error_line(again)
+    third = _engine(tmp_path, "sweep", "-i", str(ref_png), "-p", "a cat", "--alphas", "0.5", "-o", str(out),
+                    "--quiet", "--overwrite", *TINY, *_models(tiny_models))
+    assert third.returncode == 0, third.stderr
+    meta = json.loads((out / "metadata.json").read_text())
+    assert sorted(p.name for p in out.glob("*.png")) == sorted([c["file"] for c in meta["cells"]]
+                                                               + ["comparison_grid.png"])
