@@ -74,16 +74,16 @@ class ZvlBot(commands.Bot):
             guild = discord.Object(id=guild_id)
             self.tree.copy_global_to(guild=guild)
             synced = await self.tree.sync(guild=guild)
-            return f"synced {len(synced)} commands to the dev guild {guild_id}"
+            return f"Synced {len(synced)} commands to the dev guild {guild_id}"
         digest = hashlib.sha256(json.dumps(command_payload(self.tree), sort_keys=True).encode()).hexdigest()
         stamp = self.settings.data_dir / "commands.sha256"
         if not force and stamp.is_file() and stamp.read_text().strip() == digest:
             log.info("application commands unchanged since the last global sync; not syncing")
-            return "commands unchanged; nothing to sync"
+            return "Commands unchanged; nothing to sync"
         synced = await self.tree.sync()
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text(digest + "\n")
-        return f"synced {len(synced)} global commands (may take up to an hour to show everywhere)"
+        return f"Synced {len(synced)} global commands (may take up to an hour to show everywhere)"
 
     async def close(self) -> None:
         services = getattr(self, "services", None)

@@ -129,7 +129,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot admini
     async def sync(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         text = await self.bot.sync_commands(force=True)  # type: ignore[attr-defined]
-        await interaction.followup.send(f"✅ {text[:1:].upper()}{text[1:]}.", ephemeral=True)
+        await interaction.followup.send(f"✅ {text}.", ephemeral=True)
 
 
 async def setup(bot: commands.Bot) -> None:
