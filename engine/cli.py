@@ -665,14 +665,18 @@ def prompt_dirname(index: int, prompt: str) -> str:
 
 
 def vl_key(request: StylizeRequest) -> tuple:
-    """Everything an extraction depends on: the same key means the same :class:`~engine.types.VLResult`."""
+    """Everything an extraction depends on: the same key means the same :class:`~engine.types.VLResult`.
+
+    The reference by identity (one decoded image per run), the VL text, layer(s), token mode, normalisation, target
+    std, outlier settings, and the text layer (per-dimension normalisation and masking compare against the text
+    encoder's statistics at that layer). Not the blend mode: style_delta's neutral extraction is the pipeline's.
+    """
     layer = request.hidden_layer
     if not isinstance(layer, int):
         layer = tuple((lw.layer, lw.weight) for lw in layer)
     return (id(request.reference), request.vl_text if request.vl_text is not None else request.prompt, layer,
             request.tokens, request.normalization, request.target_std, request.outlier_mode,
-            request.outlier_threshold, request.outlier_direction, request.text_layer,  # reference stats' layer
-            request.blend_mode is BlendMode.STYLE_DELTA)
+            request.outlier_threshold, request.outlier_direction, request.text_layer)  # reference stats' layer
 
 
 def text_key(request: StylizeRequest) -> tuple:

@@ -84,6 +84,10 @@ def wrap_text(text: str, font, max_width: int) -> list[str]:
                 cut = len(word) - 1
                 while cut > 1 and _text_width(font, word[:cut]) > max_width:
                     cut -= 1
+                # prefer a break just after = _ + , / : | (``mode=`` / ``adain_`` / ``per_dim``)
+                soft = max(word.rfind(ch, 0, cut) for ch in "=_+,/:|")
+                if soft >= 1:
+                    cut = soft + 1
                 lines.append(word[:cut])
                 word = word[cut:]
             line = word

@@ -579,7 +579,11 @@ def _format(axis: str, value: Any) -> str:
 def _baseline(request: StylizeRequest, varying: dict[str, Any]) -> SweepCell:
     """The no-VL cell: alpha 0; txt2img drops the reference (nothing to extract), img2img keeps it as the source."""
     if request.strength is None:
-        req = request.replace(alpha=0.0, reference=None)
+        # no reference at all; the blend mode is irrelevant at alpha 0, but reference-only modes (append,
+        # style_delta) are refused without a reference, so the baseline names the default mode
+        mode = request.blend_mode if request.blend_mode not in (BlendMode.APPEND, BlendMode.STYLE_DELTA) \
+            else BlendMode.POOL
+        req = request.replace(alpha=0.0, reference=None, blend_mode=mode)
         what = "baseline: text only (alpha=0)"
     else:
         req = request.replace(alpha=0.0)

@@ -114,6 +114,7 @@ def test_multilayer_and_append_and_modes():
     assert [c.label for c in ml.cells[1:]] == ["layer=-6", "layers=-6+-8", "layers=-4+-6+-8"]
     ap = plan_sweep(BASE, "append", {}, max_cells=64)
     assert {c.request.blend_mode for c in ap.cells[1:]} == {BlendMode.APPEND}
+    assert ap.cells[0].request.blend_mode is BlendMode.POOL  # append needs a reference; the baseline has none
     assert [c.request.append_tokens for c in ap.cells[1:]] == [16, 32, 64, 128, 256]
     modes = plan_sweep(BASE, "modes", {}, max_cells=64)
     assert [c.request.blend_mode for c in modes.cells[1:]] == list(BlendMode)
