@@ -1,0 +1,154 @@
+"""Embedding cache: a first request with a reference (Qwen3-VL extraction) vs the same reference again (cache hit).
+
+    python bench/cache.py [--quick] [--reps N] [--side PX] [--json PATH] [--threads N]
+
+Both requests go through the steps the worker's encode stage takes (``EngineWorker._encode``), in its order:
+``default_vl_key(request)`` (the reference's pixels + the VL settings), ``EmbeddingCache.get_vl(key)``, and on a miss
+``StylePipeline.encode_reference(request)`` in a thread followed by ``EmbeddingCache.put_vl(key, vl)``. The cache is
+the real ``EmbeddingCache`` (atomic checksummed safetensors files in a temporary folder) over a ``MemoryCacheIndex``
+(the bot uses ``SqliteCacheIndex`` behind the same protocol). The repeated request carries a *copy* of the reference
+image (same pixels, another object), as a re-upload would.
+
+Forward hooks count calls of the Qwen3-VL base model and of its vision tower: the hit must make none
+(``vl forwards on hit: 0``), and its embeddings must equal the miss's. Each round starts from an empty cache; one
+untimed extraction of another image warms the model up first (model loading is reported separately). The model is
+the random real-depth Qwen3-VL of ``vl_layer_stop.py`` (36 layers, ~1/8 widths) with a 1024x1024 reference (1024 image
+tokens, the engine's default budget); ``--quick`` uses ``engine.tiny`` and a 64 px reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+from vl_layer_stop import FULL_VL  # noqa: E402
+
+NAME = "cache"
+
+
+async def encode_stage(pipe, cache, request) -> tuple[object, bool, dict[str, float]]:
+    """The worker's per-reference encode step: key, cache lookup, extraction + store on a miss."""
+    from engine.worker import default_vl_key
+
+    t = {}
+    t0 = time.perf_counter()
+    key = await asyncio.to_thread(default_vl_key, request)
+    t["key"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    vl = await cache.get_vl(key)
+    t["get"] = time.perf_counter() - t0
+    if vl is not None:
+        return vl, True, t
+    t0 = time.perf_counter()
+    vl = await asyncio.to_thread(pipe.encode_reference, request)
+    t["extract"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    await cache.put_vl(key, vl)
+    t["put"] = time.perf_counter() - t0
+    return vl, False, t
+
+
+async def run(args) -> int:
+    import torch
+
+    from engine.cache import EmbeddingCache, MemoryCacheIndex
+    from engine.pipeline import StylePipeline
+    from engine.types import StylizeRequest
+
+    side = args.side or (64 if args.quick else 1024)
+    rounds = args.reps or 3
+    machine = C.machine()
+    print(f"{NAME}: {'quick' if args.quick else 'full'} mode on {C.describe(machine)}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="zvl-bench-cache-") as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        if args.quick:
+            from engine.tiny import make_tiny
+
+            paths = make_tiny(root / "models")
+        else:
+            paths = {"zimage": C.build_zimage_folder(root / "models" / "zimage", cap_dim=FULL_VL["hidden"]),
+                     "qwen3vl": C.build_vl_folder(root / "models" / "qwen3vl", **FULL_VL)}
+        build_s = time.perf_counter() - t0
+        pipe = StylePipeline.from_pretrained(paths["zimage"], paths["qwen3vl"], device="cpu", vl_device="cpu",
+                                             text_device="cpu", dtype="auto", vl_max_image_tokens=1024)
+        t0 = time.perf_counter()
+        pipe.load("vl")
+        load_s = time.perf_counter() - t0
+        model = pipe.vl_extractor.model
+        calls = {"base": 0, "vision": 0}
+        model.model.register_forward_hook(lambda *_: calls.__setitem__("base", calls["base"] + 1))
+        model.model.visual.register_forward_hook(lambda *_: calls.__setitem__("vision", calls["vision"] + 1))
+
+        reference = C.reference_image(side, seed=3)
+        request = StylizeRequest(prompt="a lighthouse on a cliff at dusk", reference=reference, alpha=0.3)
+        repeat = request.replace(reference=reference.copy())
+        pipe.encode_reference(request.replace(reference=C.reference_image(side, seed=4)))  # warm-up, untimed
+        print(f"model: Qwen3-VL {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params, "
+              f"{len(model.model.language_model.layers)} decoder layers, {pipe.vl_extractor.dtype}; reference "
+              f"{side}x{side}; built in {build_s:.1f}s, loaded in {load_s:.2f}s", flush=True)
+
+        miss_s, hit_s, hit_parts, miss_parts, hit_calls, equal = [], [], [], [], [], []
+        miss_calls = []
+        for i in range(rounds):
+            cache = EmbeddingCache(root / f"cache{i}", MemoryCacheIndex(), 2 << 30)
+            await cache.recover()
+            before = dict(calls)
+            t0 = time.perf_counter()
+            first, hit1, parts1 = await encode_stage(pipe, cache, request)
+            miss_s.append(time.perf_counter() - t0)
+            miss_calls.append(calls["base"] - before["base"])
+            before = dict(calls)
+            t0 = time.perf_counter()
+            second, hit2, parts2 = await encode_stage(pipe, cache, repeat)
+            hit_s.append(time.perf_counter() - t0)
+            hit_calls.append((calls["base"] - before["base"]) + (calls["vision"] - before["vision"]))
+            if hit1 or not hit2:
+                raise RuntimeError(f"expected a miss then a hit; got hit={hit1} then hit={hit2}")
+            equal.append(torch.equal(first.embeddings, second.embeddings) and first.metadata() == second.metadata())
+            miss_parts.append(parts1)
+            hit_parts.append(parts2)
+            stats = await cache.stats()
+            print(f"  round {i + 1}/{rounds}: miss {miss_s[-1]:.3f}s (extract {parts1['extract']:.3f}s), hit "
+                  f"{hit_s[-1] * 1000:.1f} ms; cache {stats['entries']} entry, {stats['bytes']} bytes", flush=True)
+
+    speedup = C.median([m / h for m, h in zip(miss_s, hit_s)])
+    part = lambda rows, k: round(C.median([r[k] for r in rows]), 5)  # noqa: E731
+    results = {
+        "name": NAME, "mode": "quick" if args.quick else "full", "machine": machine, "reference_side": side,
+        "image_tokens": int(first.settings["image_tokens"]), "rounds": rounds, "model_load_s": round(load_s, 3),
+        "miss": C.stats(miss_s), "hit": C.stats(hit_s),
+        "miss_parts_s": {k: part(miss_parts, k) for k in ("key", "get", "extract", "put")},
+        "hit_parts_s": {k: part(hit_parts, k) for k in ("key", "get")},
+        "vl_forwards_on_miss": miss_calls, "vl_forwards_on_hit": hit_calls, "hit_equals_miss": all(equal),
+        "speedup_median_of_rounds": round(speedup, 2), "entry_bytes": stats["bytes"],
+    }
+    print(f"first request (miss, VL extraction): {results['miss']['median_s']:.3f}s median "
+          f"(key {results['miss_parts_s']['key'] * 1000:.1f} ms, extract {results['miss_parts_s']['extract']:.3f}s, "
+          f"put {results['miss_parts_s']['put'] * 1000:.1f} ms)")
+    print(f"repeated request (hit): {results['hit']['median_s'] * 1000:.1f} ms median (key "
+          f"{results['hit_parts_s']['key'] * 1000:.1f} ms, get {results['hit_parts_s']['get'] * 1000:.1f} ms); "
+          f"hit equals miss: {all(equal)}")
+    print(f"vl forwards on miss: {max(miss_calls)}")
+    print(f"vl forwards on hit: {max(hit_calls)}")
+    C.finish(C.figure(NAME, f"speed-up (miss/hit time, median of {rounds})", speedup, digits=1), results, args.json)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = C.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--side", type=int, default=None, help="reference side in px (default 1024; quick 64)")
+    args = C.parse(p, argv)
+    C.quiet()
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
