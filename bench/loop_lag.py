@@ -127,10 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     contrast = asyncio.run(on_loop_contrast(pipe, probe))
     print(f"contrast: one stage run on the event loop thread -> max lag {contrast * 1000:.0f} ms")
     lags, done, est = asyncio.run(run(pipe, seconds, ref_px, size, steps))
-    print(f"tiny models, CPU, 1 torch thread per stage; reference {ref_px}x{ref_px}, DiT {size}x{size} x {steps} steps; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"{done} jobs in {seconds:.0f} s (every 3rd a 3-cell sweep); stage estimates: VL {est['vl_s'] * 1000:.0f} ms, "
-          f"DiT {est['dit_s_per_1024px_step'] * steps * size * size / 1024**2 * 1000:.0f} ms per cell")
+    print(f"tiny models, CPU, 1 torch thread per stage; reference {ref_px}x{ref_px}, DiT {size}x{size} x {steps} "
+          f"steps; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    dit_ms = est["dit_s_per_1024px_step"] * steps * size * size / 1024**2 * 1000
+    print(f"{done} jobs in {seconds:.0f} s (every 3rd a 3-cell sweep); stage estimates: "
+          f"VL {est['vl_s'] * 1000:.0f} ms, DiT {dit_ms:.0f} ms per cell")
     print(f"{len(lags)} ticks of {TICK * 1000:.0f} ms: mean {statistics.mean(lags) * 1000:.1f} ms, "
           f"max {max(lags) * 1000:.1f} ms")
     print(f"event-loop lag while the worker is busy: p50 {pct(lags, 50) * 1000:.1f} ms, "

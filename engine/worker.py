@@ -424,6 +424,7 @@ class EngineWorker:
         self._idle = asyncio.Event()  # no job is running
         self._idle.set()
         self._reload_lock = asyncio.Lock()
+        self._stop_lock = asyncio.Lock()
         self._bg: set[asyncio.Task] = set()
         self._model_errors: dict[str, str] = {}
         self._last_vl_use = time.monotonic()
@@ -464,6 +465,10 @@ class EngineWorker:
         """Stop taking jobs; let the running jobs finish for up to ``grace_s``; then abort them (they go back to
         the front of the queue and to the recorder's ``on_interrupted``). Queued jobs stay queued (in this object,
         and persisted by the recorder) for the next :meth:`start` or :meth:`restore`."""
+        async with self._stop_lock:
+            await self._stop(grace_s)
+
+    async def _stop(self, grace_s: float) -> None:
         if not self._tasks:
             return
         self._stopping = True
@@ -485,6 +490,8 @@ class EngineWorker:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        for run in list(self._runs.values()):  # left by a loop that had to be cancelled: back to the queue
+            await self._interrupt(run)
         for ex in (self._vl_exec, self._dit_exec):
             if ex is not None:
                 ex.shutdown(wait=False, cancel_futures=True)
@@ -524,15 +531,15 @@ class EngineWorker:
         try:
             position = await self.queue.put(job)
         except BaseException:
-            del self._tickets[job.id]
+            self._forget(job.id)
             raise
         try:
             await self.recorder.on_queued(job)
         except BaseException:
             log.exception("job %s: recording it as queued failed; the job is refused", job.id)
-            await self.queue.cancel(job.id)
+            await self.queue.cancel(job.id)  # if the encode loop took it meanwhile, it drops it (persisted=False)
             ticket.persisted.set_result(False)
-            self._tickets.pop(job.id, None)
+            self._forget(job.id)
             raise
         ticket.persisted.set_result(True)
         self._emit(ProgressEvent(job.id, EventKind.QUEUED, position=position, eta_s=await self._eta_of(job.id)))
@@ -541,23 +548,32 @@ class EngineWorker:
         return position
 
     async def restore(self, jobs: Iterable[Job]) -> list[int]:
-        """Re-enqueue jobs the bot found resumable after a restart (oldest first, caps not applied, recorder's
-        ``on_queued`` not called: they are stored as queued already). Returns their positions."""
-        out = []
+        """Re-enqueue jobs the bot found resumable after a restart: enqueued oldest first (``created_at``), caps not
+        applied, the recorder's ``on_queued`` not called (they are stored as queued already). Jobs this worker
+        already knows are skipped. Returns each job's position, in the order given (0 for a skipped job)."""
+        jobs = list(jobs)
         for job in sorted(jobs, key=lambda j: j.created_at):
-            if job.id in self._tickets:
+            if job.id in self._tickets or job.id in self._runs:
                 continue
             ticket = self._new_ticket(job)
             ticket.persisted.set_result(True)
             await self.queue.put(job, check_caps=False)
-        for job in sorted(jobs, key=lambda j: j.created_at):
-            pos = await self.queue.position(job.id)
-            if pos is not None:
-                self._emit(ProgressEvent(job.id, EventKind.QUEUED, position=pos, eta_s=await self._eta_of(job.id)))
+        etas = await self._etas()
+        out = []
+        for job in jobs:
+            pos, eta = etas.get(job.id, (0, 0.0))
+            if pos and job.id not in self._last_pos:
+                self._emit(ProgressEvent(job.id, EventKind.QUEUED, position=pos, eta_s=round(eta, 2)))
                 self._last_pos[job.id] = pos
-            out.append(pos or 0)
+            out.append(pos)
         self._positions_changed()
         return out
+
+    def _forget(self, job_id: str) -> None:
+        """Drop every trace of a job that was refused (caps, recorder)."""
+        self._tickets.pop(job_id, None)
+        self._history.pop(job_id, None)
+        self._last_pos.pop(job_id, None)
 
     def _new_ticket(self, job: Job) -> _Ticket:
         loop = asyncio.get_running_loop()
@@ -845,8 +861,13 @@ class EngineWorker:
                 log.exception("progress listener failed on %s", event.kind)
 
     def _emit_threadsafe(self, run: _Run, event: ProgressEvent) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._emit_if_live, run, event)
+        """From a stage thread: hand the event to the loop (dropped once the job is over or the loop is gone)."""
+        if run.finished or self._loop is None:
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._emit_if_live, run, event)
+        except RuntimeError:  # the loop was closed under a stale thread
+            pass
 
     def _emit_if_live(self, run: _Run, event: ProgressEvent) -> None:
         if run.finished:
@@ -863,6 +884,7 @@ class EngineWorker:
                 job = await self._take_next()
                 if job is None:
                     return
+                run: _Run | None = None
                 try:
                     run = await self._begin(job)
                     if run is None:
@@ -872,8 +894,10 @@ class EngineWorker:
                         run.stage = "handoff"
                         self._disarm_timer(run)
                         self._handoff.put(run)
-                except Exception:  # a bug in the worker itself: log, keep serving
+                except Exception as exc:  # a bug in the worker itself: fail the job, keep serving
                     log.exception("encode loop error on job %s", job.id)
+                    if run is not None and not run.finished:
+                        await self._finish(run, JobStatus.FAILED, error=user_message(exc, job.id))
         finally:
             self._handoff.close()
 
@@ -1068,11 +1092,16 @@ class EngineWorker:
             run.dit_started_at = time.monotonic()
             self._arm_timer(run)
             try:
-                await self._dit_stage(run)
-            except _Aborted:
-                await self._finish_aborted(run)
-            except Exception as exc:
-                await self._fail(run, exc, "dit", self._dit_exec)
+                try:
+                    await self._dit_stage(run)
+                except _Aborted:
+                    await self._finish_aborted(run)
+                except Exception as exc:
+                    await self._fail(run, exc, "dit", self._dit_exec)
+            except Exception as exc:  # a bug in the worker itself: fail the job, keep serving
+                log.exception("DiT loop error on job %s", run.job.id)
+                if not run.finished:
+                    await self._finish(run, JobStatus.FAILED, error=user_message(exc, run.job.id))
 
     def _plan(self, requests: list[StylizeRequest]) -> list[list[int]]:
         """Cells in order, grouped into batches (same :func:`_batch_key`, up to ``max_batch_pixels``)."""
@@ -1198,8 +1227,8 @@ class EngineWorker:
         await self._finish(run, JobStatus.FAILED, error=message)
         try:  # free memory in the stage's own thread (after the failed work), off the event loop
             await self._in_thread(executor, free_memory)
-        except Exception:  # pragma: no cover
-            log.exception("freeing memory failed")
+        except RuntimeError:  # the executor was shut down (stop() in progress)
+            free_memory()
 
     def _release(self, run: _Run) -> None:
         run.finished = True
@@ -1264,9 +1293,12 @@ class EngineWorker:
         self.counters["interrupted"] += 1
         job = run.job
         try:
-            await asyncio.shield(self.queue.put(job, front=True, check_caps=False))
+            position = await asyncio.shield(self.queue.put(job, front=True, check_caps=False))
         except Exception:
             log.exception("job %s: putting the interrupted job back failed", job.id)
+        else:
+            self._emit(ProgressEvent(job.id, EventKind.QUEUED, position=position, message=run.abort_message))
+            self._last_pos[job.id] = position
         await asyncio.shield(self._record("on_interrupted", job))
 
     async def _record(self, hook: str, *args: Any) -> None:

@@ -18,7 +18,7 @@ from PIL import Image
 
 import engine.worker as worker_mod
 from engine.progress import EventKind, ProgressEvent, throttle
-from engine.queue import FairQueue, Job, JobOutcome, JobStatus, QueueFull
+from engine.queue import Job, JobOutcome, JobStatus, QueueFull
 from engine.settings import Settings
 from engine.types import StylizeRequest, StylizeResult, VLResult
 from engine.worker import OOM_MESSAGE, EngineWorker, StageEstimator
@@ -654,14 +654,28 @@ async def test_stop_interrupts_after_grace_and_keeps_queued_jobs(make_worker):
     await w.submit(mkjob("A2"))
     await w.submit(mkjob("B1"))
     await wait_thread_event(entered(pipe, "dit", "A1"))
+    sub = w.subscribe("A1")
     await w.stop(grace_s=0.1)
     assert ("interrupted", "A1") in rec.calls and ("done", "A1") not in rec.calls
+    requeued = [e for e in sub._queue._queue if e.kind is EventKind.QUEUED][-1]  # told it is queued again
+    assert requeued.position == 1 and requeued.message == "the bot is restarting"
     assert {j.id for j in await w.queue.snapshot()} >= {"A1", "A2"}
     assert [j.id for j in await w.queue.snapshot()][0] == "A1"  # back at the front
     release.set()
     await w.start()  # same process: picks up where it stopped
     for label in ["A1", "A2", "B1"]:
         assert (await w.wait(label)).status is JobStatus.DONE
+
+
+async def test_stop_while_paused_with_queued_jobs_returns_at_once(make_worker):
+    w = await make_worker()
+    w.pause()
+    await w.submit(mkjob("A1"))
+    await asyncio.wait_for(w.stop(grace_s=30.0), WAIT)  # nothing runs: no grace to wait out
+    assert [j.id for j in await w.queue.snapshot()] == ["A1"]
+    w.resume()
+    await w.start()
+    assert (await w.wait("A1")).status is JobStatus.DONE
 
 
 async def test_stop_waits_for_running_job_within_grace(make_worker):
