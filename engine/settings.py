@@ -177,7 +177,7 @@ class Settings(BaseSettings):
     max_jobs_per_user: int = Field(3, ge=1, le=100, description="queued + running jobs per user")
     max_jobs_total: int = Field(50, ge=1, le=10000, description="queued + running jobs in all")
     job_timeout_s: float = Field(600.0, gt=0, description="a job running longer than this fails")
-    sweep_max_cells: int = Field(16, ge=1, le=64, description="largest sweep grid")
+    sweep_max_cells: int = Field(24, ge=1, le=64, description="largest sweep grid")
     cooldown_s: float = Field(3.0, ge=0, description="per-user cooldown between generation commands")
     max_upload_bytes: int = Field(20 << 20, ge=1 << 20, description="largest reference attachment accepted")
     max_reference_pixels: int = Field(40_000_000, ge=1 << 16, description="largest decoded reference (bomb guard)")

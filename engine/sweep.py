@@ -374,7 +374,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("full", "alpha 0.3/0.5/1 x layer -2/-8/-16 x tokens text/image, plus the baseline",
            axes={"alpha": (0.0, 0.3, 0.5, 1.0), "layer": (-2, -8, -16), "tokens": (TokenMode.TEXT, TokenMode.IMAGE)},
            fixed={"blend_mode": BlendMode.INTERPOLATE},
-           note=f"Seed values, {_INTERP}: 18 VL cells + 1 baseline = 19 (over the bot's default cap of 16)."),
+           note=f"Seed values, {_INTERP}: 18 VL cells + 1 baseline = 19 (within the default cap of 24 cells)."),
     Preset("vl_only_vs_qwen3", "pure Qwen3 text vs VL text tokens vs VL full sequence vs a 0.3 blend",
            variants=(
                ("VL text tokens, alpha=1", {"tokens": TokenMode.TEXT, "alpha": 1.0}),
@@ -406,15 +406,15 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            note="Layer, tokens and normalisation from the request (defaults -6, full, global)."),
     Preset("append", "append blend: 16, 32, 64, 128, 256 pooled image tokens after the text",
            axes={"append_tokens": (16, 32, 64, 128, 256)}, fixed={"blend_mode": BlendMode.APPEND}, seed=False,
-           note="alpha acts as on/off in append mode (the DiT RMS-normalises caption rows); strength is the token "
-                "count."),
+           note="Alpha from the request: it mixes the appended rows from the prompt's mean row (0) to the "
+                "reference's pooled patches (1); the token count sets how much spatial detail is appended."),
     Preset("multilayer", "VL layer -6 alone vs equal mixes -6+-8 and -4+-6+-8",
            axes={"layer": (-6, (LayerWeight(-6), LayerWeight(-8)),
                            (LayerWeight(-4), LayerWeight(-6), LayerWeight(-8)))}, seed=False,
            note="Blend mode, alpha and tokens from the request (defaults pool, 0.3, full)."),
     Preset("modes", "every blend mode at the request's alpha",
            axes={"mode": tuple(BlendMode)}, seed=False,
-           note="style_delta subtracts a neutral grey reference's extraction; append ignores alpha's size."),
+           note="style_delta subtracts a neutral grey reference's extraction; append adds pooled image rows after the prompt."),
 ]}
 
 
