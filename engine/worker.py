@@ -2,10 +2,12 @@
 
 Stages. A job goes through
 
-1. the **encode stage** (the *VL thread*): ``check_inputs``, then per distinct reference either a cache hit or a
-   Qwen3-VL extraction on the device the ``auto`` policy picked (the CPU on a 24 GB card), then the Qwen3 prompt
-   embeddings; and
-2. the **DiT stage** (the *DiT thread*, the only thread that touches the DiT): blend, denoise, decode.
+1. the **encode stage** (the *VL thread*): ``check_inputs`` of every cell, then per distinct VL key (reference
+   pixels + VL settings + model, :func:`pipeline_vl_key`) either an embedding-cache hit (the VL model is not even
+   loaded) or one Qwen3-VL extraction on the device the ``auto`` policy picked (the CPU on a 24 GB card), then
+   style_delta's neutral extraction, the Qwen3 prompt embeddings (once per distinct prompt) and CFG's negative; and
+2. the **DiT stage** (the *DiT thread*, the only thread that touches the DiT): blend, denoise, decode; sweep cells
+   sharing size/steps/strength/guidance/shift go through ``generate_batch`` as one batched call.
 
 The two stage loops are joined by a hand-off of capacity 1, and the encode loop takes its next job from the queue
 only once the hand-off is empty again. So while job N denoises, job N+1 is being encoded (the GPU is not left idle
@@ -19,11 +21,16 @@ thread first touching torch afterwards inherits (the DiT thread included, when i
 ran torch work (the main thread) keep their own count. So treat it as process-global: with the DiT on a GPU it only
 matters for CPU work; with everything on the CPU both stages share the cores anyway.
 
+Models load lazily, each in the thread of the stage that needs it; Qwen3-VL is unloaded after a job's extractions
+with ``vl_auto_unload``, or after ``vl_idle_unload_s`` without use. :meth:`EngineWorker.reload` closes the gate,
+waits for the running jobs, swaps the models and reopens it; queued jobs stay queued.
+
 Failures never stop the worker: an exception in a stage fails that job with a message fit for the user (see
-:func:`user_message`), frees memory and moves on. Cancellation and the per-job timeout are cooperative: the job is
-finished at once (cancelled, or failed with "timed out after N s"), its abort flag is set, and the stage thread stops
-at the next DiT step (a running VL forward completes, its result is dropped). Because each stage has one thread, the
-next job's work queues behind the stale work instead of running beside it.
+:func:`user_message`), frees memory in that stage's thread and moves on. Cancellation and the per-job timeout are
+cooperative: the job is finished at once (cancelled, or failed with "timed out after N s"), its abort flag is set,
+and the stage thread stops at the next DiT step (a running VL forward completes, its result is dropped). Because each
+stage has one thread, the next job's work queues behind the stale work instead of running beside it. The timeout
+clock runs during the two stages, not while a job waits in the hand-off for the previous job's DiT.
 
 Persistence goes through :class:`JobRecorder` (the bot implements it over its SQLite ``jobs`` table); the engine does
 not import the bot.
@@ -56,7 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 __all__ = [
     "EngineWorker", "JobRecorder", "NullRecorder", "VLCache", "StageEstimator", "ModelLoadError", "Subscription",
-    "user_message", "default_vl_key", "Job", "JobOutcome", "JobStatus", "QueueFull", "OOM_MESSAGE",
+    "user_message", "default_vl_key", "pipeline_vl_key", "is_oom", "free_memory", "Job", "JobOutcome", "JobStatus", "QueueFull", "OOM_MESSAGE",
 ]
 
 log = logging.getLogger(__name__)
@@ -1269,6 +1276,7 @@ class EngineWorker:
                     JobStatus.CANCELLED: EventKind.CANCELLED}[outcome.status]
             self._emit(ProgressEvent(job.id, kind, message=outcome.error, cells=len(job.requests),
                                      cells_done=len([r for r in outcome.results if r is not None]) or None))
+            self._subs.pop(job.id, None)  # each subscription holds the final event already
             self._outcomes[job.id] = outcome
             while len(self._outcomes) > self._keep:
                 old, _ = self._outcomes.popitem(last=False)
