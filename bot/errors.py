@@ -19,9 +19,11 @@ The ladder, first match wins (errors wrapped in ``CommandInvokeError`` / ``Trans
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
+import aiohttp
 import discord
 from discord import app_commands
 
@@ -151,8 +153,8 @@ async def report_error(interaction: discord.Interaction, error: BaseException) -
         log.info("refused %s: %s", what, message)
     try:
         await reply_ephemeral(interaction, message)
-    except discord.HTTPException as exc:
-        log.warning("could not send the error message for %s: %s %s", what, exc.status, exc.text[:200])
+    except (discord.HTTPException, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        log.warning("could not send the error message for %s: %s", what, type(exc).__name__)
 
 
 def _describe(interaction: discord.Interaction) -> str:

@@ -18,10 +18,12 @@ sweeps) and ``delivery`` (``private``, ``upload_limit``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import random
 import secrets
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +69,32 @@ class JobService:
                  notifier: Notifier, cooldowns: Cooldowns) -> None:
         self.settings, self.store, self.worker = settings, store, worker
         self.references, self.notifier, self.cooldowns = references, notifier, cooldowns
+        self.closing = False
+        self._starting = 0
+        self._none_starting = asyncio.Event()
+        self._none_starting.set()
+
+    @contextlib.asynccontextmanager
+    async def _starting_job(self) -> AsyncIterator[None]:
+        """Track a job being started (so shutdown can wait for it); refuse new ones once closing."""
+        if self.closing:
+            raise UserError("The bot is restarting; please try again in a minute.")
+        self._starting += 1
+        self._none_starting.clear()
+        try:
+            yield
+        finally:
+            self._starting -= 1
+            if not self._starting:
+                self._none_starting.set()
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Refuse new jobs and wait (up to ``timeout``) for those being started to reach the queue."""
+        self.closing = True
+        try:
+            await asyncio.wait_for(self._none_starting.wait(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("%d job(s) were still being started at shutdown", self._starting)
 
     # --- starting jobs --------------------------------------------------------------------------------------------
     async def stylize(self, interaction: discord.Interaction, image: discord.Attachment,
@@ -81,6 +109,11 @@ class JobService:
 
     async def _start(self, interaction: discord.Interaction, kind: JobKind, image: discord.Attachment,
                      options: GenerationOptions, sweep: dict[str, Any] | None) -> None:
+        async with self._starting_job():
+            await self._start_job(interaction, kind, image, options, sweep)
+
+    async def _start_job(self, interaction: discord.Interaction, kind: JobKind, image: discord.Attachment,
+                         options: GenerationOptions, sweep: dict[str, Any] | None) -> None:
         self.references.check_declared(image)
         user = await self.store.defaults.get(interaction.user.id)
         private = options.private if options.private is not None else bool(user.get("private", False))
@@ -149,7 +182,7 @@ class JobService:
             delivery.message_id = message.id
             await self.store.jobs.update(job.id, message_id=message.id)
         log.info("job=%s user=%s kind=%s cells=%d queued at %d", job.id, job.owner_id, kind, len(requests), position)
-        self.notifier.follow(job)
+        self.notifier.follow(job, just_edited=delivery.message_id is not None)
 
     # --- JobRecorder ------------------------------------------------------------------------------------------------
     async def on_queued(self, job: Job) -> None:
@@ -246,7 +279,8 @@ class JobService:
             await interaction.delete_original_response()
         elif action in ("reroll", "vary"):
             self.cooldowns.check(interaction.user.id)
-            await self._derive(interaction, row, vary=action == "vary")
+            async with self._starting_job():
+                await self._derive(interaction, row, vary=action == "vary")
         elif action == "defaults":
             saved = await self.store.defaults.set(interaction.user.id, defaults_from(row.params["resolved"]))
             await interaction.response.send_message(embed=info_embed("Saved as your defaults", settings_lines(saved)),

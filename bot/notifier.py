@@ -89,9 +89,10 @@ class Notifier:
         self.edits: dict[str, int] = {}  # job id -> progress edits made (for status and tests)
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
-    def follow(self, job: Job) -> asyncio.Task[None]:
-        """Start keeping ``job``'s status message up to date until its result is delivered."""
-        task = asyncio.create_task(self._follow(job), name=f"zvl-notify-{job.id}")
+    def follow(self, job: Job, *, just_edited: bool = False) -> asyncio.Task[None]:
+        """Start keeping ``job``'s status message up to date until its result is delivered. ``just_edited``: the
+        caller has just shown the queued state, so the next edit waits a full interval."""
+        task = asyncio.create_task(self._follow(job, just_edited), name=f"zvl-notify-{job.id}")
         self._tasks[job.id] = task
         task.add_done_callback(lambda _t: self._tasks.pop(job.id, None))
         return task
@@ -107,9 +108,9 @@ class Notifier:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _follow(self, job: Job) -> None:
+    async def _follow(self, job: Job, just_edited: bool) -> None:
         try:
-            await self._progress(job)
+            await self._progress(job, just_edited)
             outcome = await self.worker.wait(job.id)
             await self.deliver(job, outcome)
         except asyncio.CancelledError:
@@ -117,10 +118,10 @@ class Notifier:
         except Exception:
             log.exception("job=%s: keeping its Discord message up to date failed", job.id)
 
-    async def _progress(self, job: Job) -> None:
+    async def _progress(self, job: Job, just_edited: bool = False) -> None:
         """Throttled edits for every event until the final one (see the module docstring)."""
         events = self.worker.subscribe(job.id)
-        last, held = -math.inf, None
+        last, held = (self.clock() if just_edited else -math.inf), None
         try:
             while True:
                 wait = None if held is None else max(0.0, last + self.interval - self.clock())

@@ -2,8 +2,9 @@
 
 Built in ``ZvlBot.setup_hook`` and owned by the bot, not by a cog, so reloading a cog never drops a model or a
 queue. Start-up order: database (migrations) -> embedding cache recovery -> worker (not yet running) -> restart
-recovery -> worker start. Shutdown: the worker stops taking jobs and drains for ``grace_s`` (jobs still running
-then are put back as queued and persisted), deliveries of finished jobs get a few seconds, the database closes.
+recovery -> worker start. Shutdown: new jobs are refused and those being started reach the queue; the worker
+stops taking jobs and drains for ``grace_s`` (jobs still running then are put back as queued and persisted);
+deliveries of finished jobs get a few seconds; the database closes.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class Services:
     async def close(self, grace_s: float = 20.0) -> None:
         """Drain the worker (then persist what is left as queued), finish deliveries, close the database."""
         try:
+            await self.jobs.close(timeout=min(10.0, grace_s))
             await self.worker.stop(grace_s=grace_s)
             await self.notifier.close(grace_s=5.0)
         finally:

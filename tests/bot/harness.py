@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,11 +29,12 @@ class FakePipeline:
     """``engine.worker.PipelineLike`` without models: a solid colour per (seed, alpha, mode), or noise.
 
     ``gate``: when given, every step waits for it (a test holds a job running). ``fail``: raise this in generate.
+    ``step_s``: seconds per denoising step (to watch progress).
     """
 
     def __init__(self, *, gate: threading.Event | None = None, noise: bool = False, fail: Exception | None = None,
-                 max_layer: int = 8) -> None:
-        self.gate, self.noise, self.fail, self.max_layer = gate, noise, fail, max_layer
+                 max_layer: int = 8, step_s: float = 0.0) -> None:
+        self.gate, self.noise, self.fail, self.max_layer, self.step_s = gate, noise, fail, max_layer, step_s
         self.loaded = {"vl": False, "text": False, "dit": False}
         self.requests: list[StylizeRequest] = []
 
@@ -59,6 +61,7 @@ class FakePipeline:
             while self.gate is not None and not self.gate.wait(0.02):
                 if should_abort is not None and should_abort():
                     raise Cancelled("aborted")
+            time.sleep(self.step_s)
             if progress is not None:
                 progress(step + 1, request.steps)
         images = [self._image(request, seed) for seed in request.seeds]

@@ -93,3 +93,4 @@ async def test_private_default_makes_stylize_ephemeral(fake: FakeDiscord, bot) -
     rec = await fake.dispatch_slash("stylize", {"image": fake.add_attachment(png(), "r.png", "image/png"),
                                                 "size": "1:1 small"})
     assert (await rec.wait_ack(2)).ephemeral
+    await rec.wait_until(lambda r: any(f.filename.startswith("zvl-") for f in r.files), timeout=15)
