@@ -1262,7 +1262,9 @@ class EngineWorker:
         self._recent.append({"job_id": run.job.id, "status": status.value, "cells": len(run.job.requests),
                              **timings})
         del self._recent[:-20]
-        await self._conclude(run.job, outcome, started=True)
+        # persisting (the bot saves the images) and publishing run beside the next job: the stage loop that
+        # finished this job goes straight on, so the GPU does not wait for PNG encoding or the database
+        self._spawn(self._conclude(run.job, outcome, started=True))
         self._positions_changed()
 
     async def _conclude(self, job: Job, outcome: JobOutcome, *, started: bool) -> None:

@@ -627,6 +627,29 @@ async def test_timeout_fails_job_and_stops_the_thread(make_worker):
     assert pipe.aborted == ["A1"]
 
 
+async def test_slow_persistence_does_not_hold_the_next_job(make_worker):
+    class SlowRecorder(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = asyncio.Event()
+
+        async def on_finished(self, job, outcome):
+            if job.id == "A1":
+                await self.release.wait()  # e.g. the bot encoding a sweep's PNGs
+            await super().on_finished(job, outcome)
+
+    rec = SlowRecorder()
+    pipe = FakePipeline()
+    w = await make_worker(pipe, recorder=rec)
+    await w.submit(mkjob("A1"))
+    await w.submit(mkjob("B1"))
+    assert (await w.wait("B1")).status is JobStatus.DONE  # served while A1 is still being persisted
+    assert "A1" not in rec.outcomes
+    rec.release.set()
+    assert (await w.wait("A1")).status is JobStatus.DONE  # waiters wake once the outcome is stored
+    assert "A1" in rec.outcomes
+
+
 # --- restart -----------------------------------------------------------------------------------------------------
 async def test_restore_requeues_resumable_jobs_in_creation_order(make_worker):
     rec = Recorder()
