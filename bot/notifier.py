@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 #: Stop using an interaction token this long after the interaction (Discord's limit is 15 minutes).
 TOKEN_MARGIN = timedelta(minutes=14)
 #: Smallest upload limit tried after Discord refused a file as too large (413).
-MIN_UPLOAD_LIMIT = 256 * 1024
+MIN_UPLOAD_LIMIT = 64 * 1024
 _FINAL_EVENTS = {JobStatus.FAILED: EventKind.FAILED, JobStatus.CANCELLED: EventKind.CANCELLED}
 MENTIONS = discord.AllowedMentions(users=True, roles=False, everyone=False, replied_user=False)
 
@@ -201,7 +201,8 @@ class Notifier:
         if delivery.message_id is None:
             return False
         if delivery.token_usable(self.now()):
-            webhook = discord.Webhook.partial(delivery.application_id, delivery.token, client=self.bot)  # type: ignore[arg-type]
+            assert delivery.application_id is not None and delivery.token is not None
+            webhook = discord.Webhook.partial(delivery.application_id, delivery.token, client=self.bot)
             try:
                 await webhook.edit_message(delivery.message_id, allowed_mentions=MENTIONS, **fields)
                 return True

@@ -23,7 +23,8 @@ from cogs._options import (
 
 
 @app_commands.guild_only()
-class BlendModes(commands.GroupCog, group_name="blendmode", group_description="Blend modes: how the reference is mixed in"):
+class BlendModes(commands.GroupCog, group_name="blendmode",
+                 group_description="Blend modes: how the reference is mixed in"):
     """The ``/blendmode`` group."""
 
     def __init__(self, bot: commands.Bot) -> None:

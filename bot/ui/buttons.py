@@ -13,6 +13,7 @@ from typing import Any
 
 import discord
 
+from bot.checks import services_of
 from bot.errors import report_error
 
 #: action -> (label, emoji, style). The order is the order on a result message.
@@ -51,7 +52,7 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=_TEMPLATE):
 
     async def callback(self, interaction: discord.Interaction) -> Any:
         try:
-            await interaction.client.services.jobs.press(interaction, self.action, self.job_id)  # type: ignore[attr-defined]
+            await services_of(interaction).jobs.press(interaction, self.action, self.job_id)
         except Exception as exc:  # one error policy for buttons too
             await report_error(interaction, exc)
 
@@ -84,7 +85,7 @@ class PresetNameModal(discord.ui.Modal, title="Save as server preset"):
         self.job_id = job_id
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        await interaction.client.services.jobs.save_preset(interaction, self.job_id, self.name.value)  # type: ignore[attr-defined]
+        await services_of(interaction).jobs.save_preset(interaction, self.job_id, self.name.value)
 
     async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
         await report_error(interaction, error)

@@ -89,4 +89,5 @@ def test_modes_embed_covers_every_mode_in_one_mapping() -> None:
 def test_info_embed_and_job_lines() -> None:
     embed = info_embed("Jobs", [job_line("c" * 32, "stylize", "x" * 500, position=2, eta_s=3.0)] * 200)
     assert within_limits(embed)
-    assert job_line("d" * 32, "sweep", "", status="failed", error="boom") == "`dddddddd` sweep “(no prompt)”: failed (boom)"
+    line = job_line("d" * 32, "sweep", "", status="failed", error="boom")
+    assert line == "`dddddddd` sweep “(no prompt)”: failed (boom)"

@@ -83,7 +83,7 @@ async def test_admin_operations(fake: FakeDiscord, tmp_path: Path) -> None:
     guild = next(iter(fake.world.guilds.values()))
     fake.add_member(guild.id, admin.id)
     pipeline = FakePipeline()
-    async with running_bot(make_settings(tmp_path, fake, owner_ids=[admin.id]), pipeline) as bot:
+    async with running_bot(make_settings(tmp_path, fake, owner_ids=[admin.id]), pipeline):
 
         async def call(sub: str, options: dict | None = None, group: str | None = None):
             rec = await fake.dispatch_slash("admin", options or {}, group=group, subcommand=sub, user_id=admin.id)

@@ -7,7 +7,6 @@ import asyncio
 import io
 import logging
 import threading
-import time
 from pathlib import Path
 
 import pytest

@@ -50,7 +50,8 @@ def test_every_command_is_there(payload) -> None:
     """The seven top-level commands and their subcommands."""
     commands = by_name(payload)
     assert set(commands) == {"stylize", "blendmode", "sweep", "defaults", "preset", "queue", "admin"}
-    subs = {name: sorted(o["name"] for o in c.get("options", []) if o["type"] in (1, 2)) for name, c in commands.items()}
+    subs = {name: sorted(o["name"] for o in c.get("options", []) if o["type"] in (1, 2))
+            for name, c in commands.items()}
     assert subs["blendmode"] == ["compare", "info", "set"]
     assert subs["defaults"] == ["reset", "set", "show"]
     assert subs["preset"] == ["delete", "list", "save", "show", "use"]
