@@ -95,17 +95,22 @@ StatsProvider = Callable[[str, Callable[[], ReferenceStats]], ReferenceStats]
 
 
 def _finite(value: Any, name: str, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False, what: str = "") -> float:
+            low_open: bool = False) -> float:
+    """``value`` as a finite float within the bounds, else a ``ValueError`` naming ``name`` and the bounds."""
+    if low is not None and high is not None:
+        bounds = f"between {low:g} and {high:g}"
+    elif low is not None:
+        bounds = f"{'greater than' if low_open else 'at least'} {low:g}"
+    else:
+        bounds = f"at most {high:g}" if high is not None else "a finite number"
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number{what}; got {value!r}") from None
+        raise ValueError(f"{name} must be a number {bounds}; got {value!r}") from None
     if isinstance(value, bool) or not math.isfinite(v):
-        raise ValueError(f"{name} must be a number{what}; got {value!r}")
-    if low is not None and (v < low or (low_open and v == low)):
-        raise ValueError(f"{name} must be {'greater than' if low_open else 'at least'} {low:g}{what}; got {value!r}")
-    if high is not None and v > high:
-        raise ValueError(f"{name} must be at most {high:g}{what}; got {value!r}")
+        raise ValueError(f"{name} must be a number {bounds}; got {value!r}")
+    if (low is not None and (v < low or (low_open and v == low))) or (high is not None and v > high):
+        raise ValueError(f"{name} must be {bounds}; got {value!r}")
     return v
 
 
@@ -300,7 +305,7 @@ class StylePipeline:
             raise ValueError(f"reference must be a PIL image or None; got {type(r.reference).__name__}")
         if not r.prompt.strip() and r.reference is None:
             raise ValueError("prompt must not be empty when there is no reference image")
-        alpha = _finite(r.alpha, "alpha", low=0.0, high=1.0, what=" between 0 and 1")
+        alpha = _finite(r.alpha, "alpha", low=0.0, high=1.0)
         mode = BlendMode.parse(r.blend_mode, "blend_mode")
         tokens = TokenMode.parse(r.tokens, "tokens")
         Normalization.parse(r.normalization, "normalization")
