@@ -32,7 +32,6 @@ decode), so the two are timed separately.
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import threading
@@ -46,7 +45,7 @@ import torch
 from PIL import Image, ImageOps
 
 from engine.blending import fit_caption
-from engine.loading import parse_device, parse_dtype, quiet_loading
+from engine.loading import free_memory, parse_dtype, quiet_loading, resolve_device
 from engine.types import MAX_CAPTION_LEN, FitMode
 
 log = logging.getLogger(__name__)
@@ -72,14 +71,6 @@ class GenerationOutput:
     params: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
 
-
-def _resolve(device: str | torch.device) -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    v = parse_device(device)
-    if v == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(v)
 
 
 def check_size(width: Any, height: Any, *, multiple: int = 16, maximum: int | None = None) -> tuple[int, int]:
@@ -185,7 +176,7 @@ class Generator:
     def __init__(self, transformer, vae, scheduler, *, device: str | torch.device = "cpu",
                  dtype: torch.dtype | str | None = None, text_encoder=None, path: str | Path | None = None):
         self.path = Path(path) if path is not None else None
-        self.device = _resolve(device)
+        self.device = resolve_device(device)
         self.dtype = parse_dtype(dtype, self.device) if dtype is not None else transformer.dtype
         self.text_encoder = text_encoder  # an engine.text.TextEncoder, for the automatic CFG negative
         self._lock = threading.RLock()
@@ -206,7 +197,7 @@ class Generator:
         ``text_encoder=True`` also loads ``text_encoder/`` + ``tokenizer/`` as an :class:`engine.text.TextEncoder`
         on the same device (used for the automatic CFG negative). ``lazy=True`` loads on first use.
         """
-        dev = _resolve(device)
+        dev = resolve_device(device)
         dt = parse_dtype(dtype, dev)
         gen = cls(None, None, None, device=dev, dtype=dt, path=zimage_dir)
         if text_encoder:
@@ -264,9 +255,7 @@ class Generator:
                 raise RuntimeError("this Generator was built from modules and cannot reload them; keep it loaded")
             self._pipe = None
             self._img2img = None
-            gc.collect()  # drop reference cycles so the weights are really freed
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+            free_memory()
 
     @property
     def pipe(self):

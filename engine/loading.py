@@ -40,12 +40,34 @@ class Qwen3VLImageOnlyProcessor(Qwen3VLProcessor):
         )
 
 
-def resolve_dit_device(device: str) -> torch.device:
-    """``auto`` picks the first CUDA device when there is one, else the CPU."""
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A ``torch.device`` from ``auto | cpu | cuda | cuda:N``; ``auto`` is the first CUDA device when there is one,
+    else the CPU."""
+    if isinstance(device, torch.device):
+        return device
     device = parse_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+#: The DiT's device: ``auto`` means CUDA when present.
+resolve_dit_device = resolve_device
+
+
+def free_memory() -> None:
+    """``gc.collect()`` (drop reference cycles so freed weights really go) and, with CUDA, ``empty_cache()``.
+
+    Used after an unload and after a failed job.
+    """
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        try:
+            torch.cuda.empty_cache()
+        except Exception:  # pragma: no cover - a broken CUDA context must not break an unload
+            log.warning("torch.cuda.empty_cache() failed", exc_info=True)
 
 
 def resolve_vl_device(vl_device: str, dit_device: torch.device, vl_bytes: int, headroom_bytes: int = 2 << 30) -> torch.device:

@@ -30,7 +30,6 @@ always computed from the encoder in use, never read from a file of unknown origi
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import logging
@@ -44,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.loading import parse_device, parse_dtype, quiet_loading, read_json
+from engine.loading import free_memory, parse_dtype, quiet_loading, read_json, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -193,14 +192,6 @@ def prompt_set_hash(prompts: Sequence[str] = REFERENCE_PROMPTS) -> str:
     return hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest()[:12]
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    v = parse_device(device)
-    if v == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(v)
-
 
 class TextEncoder:
     """The Z-Image text encoder (Qwen3-4B for the real model) and its tokenizer.
@@ -216,7 +207,7 @@ class TextEncoder:
         if model is None and path is None:
             raise ValueError("TextEncoder needs a model or a path to load one from")
         self.path = Path(path) if path is not None else None
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.dtype = parse_dtype(dtype, self.device) if dtype is not None else (
             next(model.parameters()).dtype if model is not None else parse_dtype("auto", self.device))
         self.max_sequence_length = int(max_sequence_length)
@@ -243,7 +234,7 @@ class TextEncoder:
         zimage_dir = Path(zimage_dir)
         if not (zimage_dir / "text_encoder").is_dir() or not (zimage_dir / "tokenizer").is_dir():
             raise ValueError(f"Z-Image folder {zimage_dir} has no text_encoder/ and tokenizer/ folders")
-        dev = _resolve_device(device)
+        dev = resolve_device(device)
         dt = parse_dtype(dtype, dev)
         tokenizer = AutoTokenizer.from_pretrained(str(zimage_dir / "tokenizer"), local_files_only=True)
         enc = cls(None, tokenizer, path=zimage_dir, device=dev, dtype=dt, max_sequence_length=max_sequence_length)
@@ -292,9 +283,7 @@ class TextEncoder:
             if self.path is None:
                 raise RuntimeError("this TextEncoder was built from a model object and cannot reload; keep it loaded")
             self._model = None
-            gc.collect()  # drop reference cycles so the weights are really freed
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+            free_memory()
 
     def fingerprint(self) -> str:
         """Identifies the encoder's weights (folder config + weight sizes; the model's config when built in memory)."""

@@ -40,7 +40,6 @@ unloaded extractor reloads from its folder on the next call.
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import threading
@@ -53,7 +52,14 @@ import torch
 from PIL import Image
 
 from engine.blending import mask_outliers
-from engine.loading import check_vl_folder, load_vl_processor, parse_device, parse_dtype, quiet_loading
+from engine.loading import (
+    check_vl_folder,
+    free_memory,
+    load_vl_processor,
+    parse_dtype,
+    quiet_loading,
+    resolve_device,
+)
 from engine.text import forward_to_layers
 from engine.types import LayerWeight, Normalization, OutlierDirection, OutlierMode, PositionKind, TokenMode, VLResult
 
@@ -256,7 +262,7 @@ class VLExtractor:
         text_cfg = cfg.get("text_config", cfg)
         self.num_layers = int(text_cfg["num_hidden_layers"])
         self.hidden_size = int(text_cfg["hidden_size"])
-        self.device = _resolve(device)
+        self.device = resolve_device(device)
         self.dtype = parse_dtype(dtype, self.device)
         self.auto_unload = bool(auto_unload)
         self._model = model
@@ -304,9 +310,7 @@ class VLExtractor:
             if self._model is None:
                 return
             self._model = None
-            gc.collect()  # drop reference cycles so the weights are really freed
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+            free_memory()
 
     @property
     def processor(self):
@@ -571,12 +575,3 @@ class VLExtractor:
         if cfg_id is None:
             cfg_id = self.processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
         return int(cfg_id)
-
-
-def _resolve(device: str | torch.device) -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    v = parse_device(device)
-    if v == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(v)

@@ -39,7 +39,6 @@ not import the bot.
 from __future__ import annotations
 
 import asyncio
-import gc
 import hashlib
 import json
 import logging
@@ -54,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from engine.loading import free_memory
 from engine.progress import EventKind, ProgressEvent
 from engine.queue import (VL_FIELDS, FairQueue, Job, JobOutcome, JobQueue, JobStatus, QueueFull, StageEstimator,
                           dit_units, schedule_two_stage, text_key)
@@ -177,16 +177,6 @@ def user_message(exc: BaseException, job_id: str) -> str:
     if _is_corrupt_image(exc):
         return CORRUPT_MESSAGE
     return f"generation failed (job {job_id}); the admins have the details"
-
-
-def free_memory() -> None:
-    """``gc.collect()`` and, when CUDA is there, ``torch.cuda.empty_cache()`` (after a failure, an unload)."""
-    gc.collect()
-    if torch.cuda.is_available():
-        try:
-            torch.cuda.empty_cache()
-        except Exception:  # pragma: no cover - a broken context must not break the worker
-            log.warning("torch.cuda.empty_cache() failed", exc_info=True)
 
 
 # --- keys -------------------------------------------------------------------------------------------------------
