@@ -21,6 +21,7 @@ from typing import Any
 import aiosqlite
 
 from bot.store.db import fetch_all, fetch_one, from_db_time, from_json, to_db_time, to_json, transaction, utcnow
+from engine.queue import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -31,28 +32,7 @@ INTERACTION_TOKEN_TTL = timedelta(minutes=15)
 EXPIRED_ERROR = "bot restarted; the request expired"
 
 
-class JobStatus(str, Enum):
-    """Where a job is in its life. ``done``, ``failed`` and ``cancelled`` are final."""
-
-    #: Waiting in the queue (new, or put back after a restart interrupted it).
-    QUEUED = "queued"
-    #: Taken by the worker; ``started_at`` is set and ``attempts`` counts this run.
-    RUNNING = "running"
-    #: Finished; ``result_paths`` and ``timings`` hold what it produced.
-    DONE = "done"
-    #: Ended with an error; ``error`` says why (shown to the owner).
-    FAILED = "failed"
-    #: Stopped on request of the owner or an admin before it finished.
-    CANCELLED = "cancelled"
-
-    @property
-    def is_final(self) -> bool:
-        return self in _FINAL
-
-    def __str__(self) -> str:
-        return self.value
-
-
+# One status enum for the worker and the jobs table (engine.queue holds no torch: importing it stays cheap).
 _FINAL = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
