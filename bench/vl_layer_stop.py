@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.vl import VLExtractor
 
     side = args.side or (64 if args.quick else 512)
-    rounds = args.reps or (3 if args.quick else 7)
+    rounds = args.reps or (3 if args.quick else 15)
     machine = C.machine()
     print(f"{NAME}: {'quick' if args.quick else 'full'} mode on {C.describe(machine)}", flush=True)
 
@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         counter = {"n": 0}
         for layer in layers:
             layer.register_forward_hook(lambda *_: counter.__setitem__("n", counter["n"] + 1))
+        vision_t = {"t0": 0.0, "s": 0.0}
+        model.model.visual.register_forward_pre_hook(lambda *_: vision_t.__setitem__("t0", time.perf_counter()))
+        model.model.visual.register_forward_hook(
+            lambda *_: vision_t.__setitem__("s", time.perf_counter() - vision_t["t0"]))
+        vision_share: list[float] = []
         image = C.reference_image(side, seed=2)
         text = "describe the style of this image"
         params = sum(p.numel() for p in model.parameters())
@@ -80,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def run_stop():
             counter["n"] = 0
+            t0 = time.perf_counter()
             res = ex.extract(image, text, hidden_layer=args.layer, normalization=Normalization.NONE)
+            vision_share.append(vision_t["s"] / (time.perf_counter() - t0))
             counts["stop"] = counter["n"]
             outputs["stop"] = res.embeddings
             outputs["tokens"] = res.settings["image_tokens"]
@@ -110,12 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_of_medians": round(C.ratio_of_medians(times["stop"], times["full"]), 4),
         "ratio_of_mins": round(C.ratio_of_mins(times["stop"], times["full"]), 4),
         "identical_hidden_states": identical, "max_abs_diff": max_diff,
+        "vision_tower_share_of_stop": round(C.median(vision_share), 3),
     }
     print(f"decoder layers executed: {counts['stop']} of {total} at layer {args.layer} (expected {expected}; "
           f"full forward: {counts['full']} of {total} + LM head)")
     print(f"stop median {results['stop']['median_s']:.3f}s, full median {results['full']['median_s']:.3f}s "
           f"(ratio of medians {results['ratio_of_medians']:.3f}, of minimums {results['ratio_of_mins']:.3f}); "
-          f"{outputs['tokens']} image tokens")
+          f"{outputs['tokens']} image tokens; the vision tower is {100 * C.median(vision_share):.0f}% of the stopped "
+          f"extraction")
     print(f"hidden states identical to full_forward.hidden_states[{args.layer}]: {identical} "
           f"(max abs diff {max_diff:g})")
     C.finish(C.figure(NAME, f"time ratio (stop at {args.layer}/full forward with all hidden states, median of "
