@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import re
 
 import pytest
 from PIL import Image
@@ -14,26 +16,35 @@ from tests.e2e.botproc import ephemeral_texts, job_id_of, png_bytes, result_file
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
 
 PROGRESS_PREFIXES = ("⚙️", "🔍", "🎨")
+#: The bot process's progress-edit interval (``ZvlBot(progress_interval=2.0)``; not a setting).
+PROGRESS_INTERVAL = 2.0
 #: 512×512 at 50 steps: a few seconds on the tiny models, longer than the bot's 2 s progress-edit interval.
 SLOW = {"size": "1:1 small", "steps": 50}
 
 
 async def test_stylize_result_metadata_and_message_order(space) -> None:
     """Deferred in time; the status message goes queued → progress → result, in that order and nothing after; the
-    PNG's ``zvl`` chunk carries exactly what was asked for."""
+    PNG's ``zvl`` chunk carries exactly what was asked for. The worker is held (``/admin pause``) a little longer
+    than the bot's 2 s progress-edit interval after the queued edit, so at least one progress edit is due however
+    fast the machine runs the job."""
     user = space.member("alice")
+    await space.pause()
     rec = await space.stylize(user, prompt="a red fox in the snow", seed=4242, style_weight=250,
                               blend_mode="adain", **SLOW)
     ack = await rec.wait_ack(3)
     assert ack.type == 5 and not ack.ephemeral
+    await rec.wait_until(lambda r: len(r.edits) >= 1, timeout=30)
+    await asyncio.sleep(max(0.0, rec.edits[0].at + PROGRESS_INTERVAL + 0.2 - space.fake.world.clock.now()))
+    await space.resume()
     final = await wait_result(rec, timeout=120)
 
     edits = [r for r in rec.accepted if r.kind == "edit"]
     assert edits[0].content.startswith("⏳ Queued: #1 in line"), edits[0].content
     assert edits[-1] is final, "something was edited after the result"
-    progress = edits[1:-1]
-    assert progress and all(r.content.startswith(PROGRESS_PREFIXES) and not r.files for r in progress), \
-        [r.content for r in progress]
+    # queued (and position/ETA updates) → progress → the result: "QQ…PP…R"
+    shape = "".join("R" if r is final else "Q" if r.content.startswith("⏳ Queued: #") and not r.files
+                    else "P" if r.content.startswith(PROGRESS_PREFIXES) and not r.files else "?" for r in edits)
+    assert re.fullmatch(r"Q+P+R", shape), [r.content for r in edits]
     assert [r.at for r in rec.accepted] == sorted(r.at for r in rec.accepted)
     assert not [r for r in rec.rejected if r.status != 429], [(r.kind, r.status, r.response) for r in rec.rejected]
 
