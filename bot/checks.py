@@ -83,7 +83,8 @@ def manage_guild() -> Callable[[T], T]:
 class Cooldowns:
     """One cooldown per user shared by every generation command and button (``settings.cooldown_s``; 0 = off).
 
-    ``hit(user_id)`` returns ``None`` and starts the cooldown, or the seconds left while it runs.
+    It starts when a job is accepted (:meth:`start`, called by the job service), so a refused request (a bad file,
+    a typo in a value list) costs no waiting; :meth:`check` refuses while it runs.
     """
 
     def __init__(self, per_s: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -91,21 +92,22 @@ class Cooldowns:
         self._clock = clock
         self._until: dict[int, float] = {}
 
-    def hit(self, user_id: int) -> float | None:
+    def remaining(self, user_id: int) -> float | None:
+        """Seconds left of ``user_id``'s cooldown, or ``None``."""
+        left = self._until.get(user_id, 0.0) - self._clock()
+        return left if left > 0 else None
+
+    def start(self, user_id: int) -> None:
         if self.per_s <= 0:
-            return None
+            return
         now = self._clock()
         if len(self._until) > 4096:  # forget finished cooldowns
             self._until = {u: t for u, t in self._until.items() if t > now}
-        until = self._until.get(user_id, 0.0)
-        if until > now:
-            return until - now
         self._until[user_id] = now + self.per_s
-        return None
 
     def check(self, user_id: int) -> None:
-        """Raise ``CommandOnCooldown`` while ``user_id`` is cooling down (else start the cooldown)."""
-        retry_after = self.hit(user_id)
+        """Raise ``CommandOnCooldown`` while ``user_id`` is cooling down."""
+        retry_after = self.remaining(user_id)
         if retry_after is not None:
             raise app_commands.CommandOnCooldown(app_commands.Cooldown(1, self.per_s), retry_after)
 

@@ -170,6 +170,7 @@ class JobService:
         job = Job(owner_id=interaction.user.id, requests=requests, guild_id=interaction.guild_id, kind=kind.value,
                   context={"delivery": delivery, "params": params, "reference": reference, "plan": plan})
         position = await self.worker.submit(job)
+        self.cooldowns.start(job.owner_id)
         eta = await self.worker.position(job.id)
         queued = ProgressEvent(job.id, EventKind.QUEUED, position=position, eta_s=eta[1] if eta else None)
         try:

@@ -83,3 +83,21 @@ def test_nearby_alpha_is_close_and_in_range(alpha: float) -> None:
     for _ in range(50):
         new = nearby_alpha(alpha, rng)
         assert 0.01 <= new <= 1.0 and 0.0 < abs(new - alpha) <= 0.1 + 1e-9 or alpha == 0.0
+
+
+def test_cooldown_starts_only_when_a_job_is_accepted() -> None:
+    from discord import app_commands
+
+    from bot.checks import Cooldowns
+
+    now = [100.0]
+    cooldowns = Cooldowns(3.0, clock=lambda: now[0])
+    cooldowns.check(1)  # nothing accepted yet: no wait
+    cooldowns.start(1)
+    with pytest.raises(app_commands.CommandOnCooldown) as caught:
+        cooldowns.check(1)
+    assert caught.value.retry_after == pytest.approx(3.0)
+    cooldowns.check(2)
+    now[0] += 3.01
+    cooldowns.check(1)
+    assert Cooldowns(0).remaining(1) is None

@@ -39,7 +39,8 @@ async def test_queue_show_and_cancel(fake: FakeDiscord, tmp_path: Path) -> None:
         assert "not queued or running" in (await theirs.wait_ack(2)).content
         mine = await fake.dispatch_slash("queue", {"job_id": queued_id[:8]}, subcommand="cancel")
         assert (await mine.wait_ack(2)).content == "Cancelled."
-        await second.wait_until(lambda r: any("Cancelled" in (q.content or "") for q in r.edits))
+        queued_rec = next(r for r in (first, second) if queued_id in str(r.edits[0].data["components"]))
+        await queued_rec.wait_until(lambda r: any("Cancelled" in (q.content or "") for q in r.edits))
         complete = await fake.dispatch_autocomplete("queue", {"job_id": ""}, focused="job_id", subcommand="cancel")
         await complete.wait_ack(2)
         assert len(complete.choices) == 1 and "running" in complete.choices[0]["name"]

@@ -213,7 +213,10 @@ async def test_queue_cap_is_a_private_refusal(fake: FakeDiscord, tmp_path: Path)
 
 
 async def test_cooldown_applies_per_user(fake: FakeDiscord, tmp_path: Path) -> None:
+    """One cooldown across generation commands, started by an accepted job (a refused one costs nothing)."""
     async with running_bot(make_settings(tmp_path, fake, cooldown_s=30)):
+        refused = await fake.dispatch_slash("stylize", {"image": attach(fake, b"no", "a.txt", "text/plain")})
+        assert "not an image" in (await refused.wait_ack(2)).content
         first = await fake.dispatch_slash("stylize", {"image": attach(fake), **SMALL})
         await result_of(first)
         again = await fake.dispatch_slash("sweep", {"image": attach(fake), "alphas": "0.5"})
