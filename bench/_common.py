@@ -144,7 +144,7 @@ def cpu_model() -> str:
 
 def _git(*args: str) -> str:
     try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -153,7 +153,18 @@ def commit() -> dict[str, Any]:
     """``{"commit": short hash, "dirty": [tracked files under engine/ or bench/ that differ from it]}``."""
     changed = [line[3:] for line in _git("status", "--porcelain", "--untracked-files=no", "--", "engine",
                                           "bench").splitlines() if len(line) > 3]
-    return {"commit": _git("rev-parse", "--short", "HEAD") or "unknown", "dirty": changed}
+    return {"commit": _git("rev-parse", "--short", "HEAD").strip() or "unknown", "dirty": changed}
+
+
+def command() -> str:
+    """How this run was started, as one could type it again from the repository root."""
+    script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    if script is not None and script.is_relative_to(ROOT):
+        script_s = str(script.relative_to(ROOT))
+    else:
+        script_s = sys.argv[0] if sys.argv else "?"
+    env = " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "BENCH_QUICK", "TINY") if k in os.environ)
+    return " ".join(filter(None, [env, "python", script_s, *sys.argv[1:]]))
 
 
 def machine() -> dict[str, Any]:
@@ -170,7 +181,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "command": " ".join([Path(sys.argv[0]).name if sys.argv else "?", *sys.argv[1:]]),
+        "command": command(),
     }
     for mod in ("diffusers", "transformers"):
         try:
