@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import discord
 
 from bot.ui.buttons import status_view
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: Stop using an interaction token this long after the interaction (Discord's limit is 15 minutes).
 TOKEN_MARGIN = timedelta(minutes=14)
+#: Seconds between attempts to deliver a result after a network or Discord server error.
+RETRY_DELAYS = (2.0, 5.0, 15.0)
 #: Smallest upload limit tried after Discord refused a file as too large (413).
 MIN_UPLOAD_LIMIT = 64 * 1024
 _FINAL_EVENTS = {JobStatus.FAILED: EventKind.FAILED, JobStatus.CANCELLED: EventKind.CANCELLED}
@@ -86,7 +89,6 @@ class Notifier:
         self.bot, self.worker, self.render = bot, worker, render
         self.interval = interval
         self.clock, self.now = clock, now
-        self.edits: dict[str, int] = {}  # job id -> progress edits made (for status and tests)
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def follow(self, job: Job, *, just_edited: bool = False) -> asyncio.Task[None]:
@@ -145,7 +147,6 @@ class Notifier:
 
     async def _show(self, job: Job, event: ProgressEvent) -> None:
         delivery: Delivery = job.context["delivery"]
-        self.edits[job.id] = self.edits.get(job.id, 0) + 1
         try:
             await self.edit(delivery, content=status_line(event, kind=job.kind), view=status_view(job.id))
         except discord.HTTPException as exc:
@@ -153,9 +154,12 @@ class Notifier:
 
     async def deliver(self, job: Job, outcome: JobOutcome) -> None:
         """Send the final state: the result (PNG, or a smaller format / size when over the upload limit), or why
-        there is none. A 413 from Discord (a lower limit than announced) halves the limit and tries again."""
+        there is none. A 413 from Discord (a lower limit than announced) halves the limit and tries again; a
+        network or server error is retried after :data:`RETRY_DELAYS` seconds. The images are on disk whatever
+        happens (``data_dir/results/<job id>``)."""
         delivery: Delivery = job.context["delivery"]
         limit = delivery.upload_limit
+        delays = list(RETRY_DELAYS)
         while True:
             out = await self._final_message(job, outcome, limit)
             try:
@@ -167,8 +171,18 @@ class Notifier:
                     limit = max(MIN_UPLOAD_LIMIT, limit // 2)
                     log.info("job=%s: upload refused as too large; retrying under %d bytes", job.id, limit)
                     continue
-                log.warning("job=%s: delivering the result failed: %s %s", job.id, exc.status, exc.code)
-                return
+                if not (exc.status >= 500 and delays):
+                    log.warning("job=%s: delivering the result failed: %s %s", job.id, exc.status, exc.code)
+                    return
+                problem = f"{exc.status} {exc.code}"
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                if not delays:
+                    log.warning("job=%s: delivering the result failed: %s", job.id, type(exc).__name__)
+                    return
+                problem = type(exc).__name__
+            delay = delays.pop(0)
+            log.info("job=%s: delivery failed (%s); retrying in %g s", job.id, problem, delay)
+            await asyncio.sleep(delay)
 
     async def _final_message(self, job: Job, outcome: JobOutcome, limit: int) -> Outgoing:
         if outcome.status is JobStatus.DONE:
@@ -185,8 +199,9 @@ class Notifier:
                     return
             except discord.NotFound:
                 log.info("status message %s is gone; sending a new message", delivery.message_id)
-        mention = f"<@{delivery.owner_id}> "
-        fields["content"] = mention + (fields.get("content") or "")
+        mention = f"<@{delivery.owner_id}>"
+        if mention not in (fields.get("content") or ""):
+            fields["content"] = f"{mention} {fields.get('content') or ''}".strip()
         if not delivery.private and delivery.channel_id is not None:
             channel = self.bot.get_partial_messageable(delivery.channel_id, guild_id=delivery.guild_id)
             message = await channel.send(**fields, files=out.files, allowed_mentions=MENTIONS)

@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from bot.store.defaults import PRESET_KEYS, USER_DEFAULT_KEYS, global_defaults
+from bot.store.defaults import PRESET_KEYS, USER_DEFAULT_KEYS, global_defaults, resolve_params
 from engine.sweep import PRESETS as SWEEP_PRESETS
 from engine.sweep import parse_values
 from engine.types import (
@@ -125,6 +125,16 @@ def size_name(width: int, height: int) -> str:
         if wh == (width, height):
             return f"{name} ({width}×{height})"
     return f"{width}×{height}"
+
+
+#: The settings ``/defaults reset`` offers (``size`` stands for width and height, ``style_weight`` for alpha too).
+RESETTABLE = sorted(USER_DEFAULT_KEYS - {"alpha", "width", "height"} | {"size"})
+RESET_KEYS = {"size": ["width", "height"], "style_weight": ["style_weight", "alpha"]}
+
+
+def effective_settings(user: dict[str, Any], settings: Any) -> dict[str, Any]:
+    """What a command without options would use for this user: their defaults over the operator's settings."""
+    return resolve_params({}, user, None, settings_defaults(settings))
 
 
 def settings_defaults(settings: Any) -> dict[str, Any]:

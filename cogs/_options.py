@@ -11,8 +11,7 @@ from discord import app_commands
 
 from bot.checks import services_of
 from bot.errors import UserError
-from bot.params import BLEND_MODES, SIZES, check_axis_values, sweep_presets
-from bot.store.defaults import USER_DEFAULT_KEYS
+from bot.params import BLEND_MODES, RESETTABLE, SIZES, check_axis_values, sweep_presets
 
 StyleWeight = app_commands.Range[int, 0, 1000]
 Steps = app_commands.Range[int, 1, 50]
@@ -33,8 +32,7 @@ TOKEN_CHOICES = [
 SIZE_CHOICES = [app_commands.Choice(name=f"{name} ({w}×{h})", value=name) for name, (w, h) in SIZES.items()]
 SWEEP_PRESET_CHOICES = [app_commands.Choice(name=f"{name}: {text}"[:100], value=name)
                         for name, text in sweep_presets().items()]
-RESET_CHOICES = [app_commands.Choice(name=key, value=key)
-                 for key in sorted(USER_DEFAULT_KEYS - {"alpha", "width", "height"} | {"size"})]
+RESET_CHOICES = [app_commands.Choice(name=key, value=key) for key in RESETTABLE]
 
 #: ``describe`` texts shared by every command that takes them.
 DESCRIBE = {

@@ -8,8 +8,7 @@ from discord.ext import commands
 
 from bot.checks import services_of
 from bot.errors import UserError
-from bot.params import GenerationOptions, settings_defaults
-from bot.store import resolve_params
+from bot.params import RESET_KEYS, GenerationOptions, effective_settings
 from bot.ui.embeds import info_embed, settings_lines
 from cogs._options import (
     BLEND_MODE_CHOICES,
@@ -23,7 +22,6 @@ from cogs._options import (
     StyleWeight,
 )
 
-RESET_KEYS = {"size": ["width", "height"], "style_weight": ["style_weight", "alpha"]}
 SHOWN = ("style_weight", "blend_mode", "layer", "tokens", "steps", "width", "height", "seed", "private")
 
 
@@ -38,7 +36,7 @@ class Defaults(commands.GroupCog, group_name="defaults", group_description="Your
     async def show(self, interaction: discord.Interaction) -> None:
         services = services_of(interaction)
         mine = await services.store.defaults.get(interaction.user.id)
-        effective = resolve_params({}, mine, None, settings_defaults(services.settings))
+        effective = effective_settings(mine, services.settings)
         embed = info_embed("Your settings", settings_lines({k: effective[k] for k in SHOWN if k in effective}),
                            description="Yours: " + (", ".join(sorted(mine)) or "none yet (server defaults)"))
         await interaction.response.send_message(embed=embed, ephemeral=True)

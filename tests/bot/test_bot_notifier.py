@@ -94,3 +94,36 @@ def test_token_is_used_only_while_fresh() -> None:
     assert d.token_usable(now + timedelta(minutes=13))
     assert not d.token_usable(now + timedelta(minutes=14, seconds=1))
     assert "t'" not in repr(d) and "token=" not in repr(d)
+
+
+async def test_delivery_is_retried_after_network_errors(monkeypatch) -> None:
+    """A dropped connection while sending the result is retried; a 413 lowers the upload limit."""
+    import aiohttp
+
+    import bot.notifier as notifier_module
+    from bot.results import Outgoing
+    from engine.queue import JobOutcome, JobStatus
+
+    monkeypatch.setattr(notifier_module, "RETRY_DELAYS", (0.0, 0.0))
+    limits: list[int] = []
+
+    async def render(_job, _outcome, limit):
+        limits.append(limit)
+        return Outgoing(content="done", uploads=[("a.png", b"x")])
+
+    notifier = Notifier(None, StubWorker(), render)  # type: ignore[arg-type]
+    failures = [aiohttp.ClientConnectionError("reset"), "413", None]
+
+    async def place(_delivery, _out):
+        failure = failures.pop(0)
+        if failure == "413":
+            class Response:
+                status, reason = 413, "Payload Too Large"
+
+            raise notifier_module.discord.HTTPException(Response(), {"code": 40005, "message": "too large"})
+        if failure is not None:
+            raise failure
+
+    notifier._place = place  # type: ignore[method-assign]
+    await notifier.deliver(job(), JobOutcome("j", JobStatus.DONE))
+    assert failures == [] and limits == [1 << 20, 1 << 20, 1 << 19]
