@@ -2,8 +2,8 @@
 
 *Bot admins* run ``/admin``: the user ids in ``settings.owner_ids``, the application's owner (or its team's admins
 and developers), and members holding ``settings.admin_role_id``. ``/admin`` is also hidden from members without
-Manage Server by ``default_permissions``, but that is only a default a server can change, so the check here is what
-enforces it.
+Manage Server by ``default_permissions``, but that is only a default a server can change, so :func:`is_bot_admin`
+is what enforces it (``cogs.admin.Admin.interaction_check`` runs it before every ``/admin`` command).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.errors import AdminOnly
 
 if TYPE_CHECKING:  # pragma: no cover
     from bot.services import Services
@@ -56,17 +55,6 @@ async def may_manage_guild(interaction: discord.Interaction) -> bool:
     if interaction.guild_id is not None and interaction.permissions.manage_guild:
         return True
     return await is_bot_admin(interaction)
-
-
-def admin_only() -> Callable[[T], T]:
-    """A check: the caller must be a bot admin (raises :class:`bot.errors.AdminOnly`)."""
-
-    async def predicate(interaction: discord.Interaction) -> bool:
-        if not await is_bot_admin(interaction):
-            raise AdminOnly()
-        return True
-
-    return app_commands.check(predicate)
 
 
 def manage_guild() -> Callable[[T], T]:

@@ -22,7 +22,7 @@ TITLE, DESCRIPTION, FIELD_NAME, FIELD_VALUE, FOOTER, TOTAL, FIELDS = 256, 4096, 
 #: A long prompt is shown up to this many characters in a result embed (the rest is in params.json).
 PROMPT_SHOWN = 1000
 
-COLOUR_OK, COLOUR_INFO, COLOUR_ERROR = discord.Colour(0x5865F2), discord.Colour(0x2B2D31), discord.Colour(0xED4245)
+COLOUR_OK, COLOUR_INFO = discord.Colour(0x5865F2), discord.Colour(0x2B2D31)
 
 
 def truncate(text: str, limit: int) -> str:
