@@ -86,20 +86,28 @@ def timed(fn: Callable[[], Any], device: Any = None) -> tuple[float, Any]:
 
 
 def interleaved(runs: dict[str, Callable[[], Any]], rounds: int, *, warmup: int = 1, device: Any = None,
-                log: Callable[[str], None] | None = print) -> dict[str, list[float]]:
+                log: Callable[[str], None] | None = print,
+                cpu: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """Time every variant ``rounds`` times, interleaved in ABBA order after ``warmup`` untimed calls of each.
 
-    Returns ``{name: [seconds per round]}``. Round ``i`` runs the variants in order on even ``i`` and reversed on
-    odd ``i``, so a slow drift (another process starting, thermal throttling) biases no variant.
+    Returns ``{name: [wall seconds per round]}``. Round ``i`` runs the variants in order on even ``i`` and reversed
+    on odd ``i``, so a slow drift (another process starting, thermal throttling) biases no variant. When ``cpu`` is
+    a dict it receives ``{name: [process CPU seconds per round]}``: with one torch thread on a machine shared with
+    other work, CPU time is barely touched by time slices lost to other processes, where wall time is.
     """
     names = list(runs)
     for _ in range(max(0, warmup)):
         for name in names:
             runs[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
+    if cpu is not None:
+        cpu.update({name: [] for name in names})
     for i in range(max(1, rounds)):
         for name in (names if i % 2 == 0 else names[::-1]):
+            c0 = time.process_time()
             seconds, _ = timed(runs[name], device)
+            if cpu is not None:
+                cpu[name].append(time.process_time() - c0)
             times[name].append(seconds)
         if log is not None:
             log(f"  round {i + 1}/{rounds}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names))

@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             counts["full"] = counter["n"]
             outputs["full"] = out.hidden_states[args.layer][0].to(torch.float32)
 
-        times = C.interleaved({"stop": run_stop, "full": run_full}, rounds, warmup=1)
+        cpu: dict[str, list[float]] = {}
+        times = C.interleaved({"stop": run_stop, "full": run_full}, rounds, warmup=1, cpu=cpu)
         same = outputs["stop"].shape == outputs["full"].shape
         identical = same and bool(torch.equal(outputs["stop"], outputs["full"]))
         max_diff = float((outputs["stop"] - outputs["full"]).abs().max()) if same else float("nan")
@@ -116,13 +117,16 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_median_of_rounds": round(ratio, 4),
         "ratio_of_medians": round(C.ratio_of_medians(times["stop"], times["full"]), 4),
         "ratio_of_mins": round(C.ratio_of_mins(times["stop"], times["full"]), 4),
+        "cpu_time_ratio_median_of_rounds": round(C.median_ratio(cpu["stop"], cpu["full"]), 4),
+        "stop_cpu": C.stats(cpu["stop"]), "full_cpu": C.stats(cpu["full"]),
         "identical_hidden_states": identical, "max_abs_diff": max_diff,
         "vision_tower_share_of_stop": round(C.median(vision_share), 3),
     }
     print(f"decoder layers executed: {counts['stop']} of {total} at layer {args.layer} (expected {expected}; "
           f"full forward: {counts['full']} of {total} + LM head)")
     print(f"stop median {results['stop']['median_s']:.3f}s, full median {results['full']['median_s']:.3f}s "
-          f"(ratio of medians {results['ratio_of_medians']:.3f}, of minimums {results['ratio_of_mins']:.3f}); "
+          f"(ratio of medians {results['ratio_of_medians']:.3f}, of minimums {results['ratio_of_mins']:.3f}, process "
+          f"CPU-time ratio {results['cpu_time_ratio_median_of_rounds']:.3f}); "
           f"{outputs['tokens']} image tokens; the vision tower is {100 * C.median(vision_share):.0f}% of the stopped "
           f"extraction")
     print(f"hidden states identical to full_forward.hidden_states[{args.layer}]: {identical} "
