@@ -22,7 +22,9 @@ async def test_stylize_with_the_tiny_models(fake: FakeDiscord, tmp_path: Path, t
         rec = await fake.dispatch_slash("stylize", {"image": fake.add_attachment(png((80, 60)), "r.png", "image/png"),
                                                     "prompt": "a tiny cat", "style_weight": 400, "seed": 11})
         assert (await rec.wait_ack(2)).type == 5
-        await rec.wait_until(lambda r: any(f.filename.startswith("zvl-") for f in r.files), timeout=240)
+        failed = lambda r: any((q.content or "").startswith("❌") for q in r.edits)  # noqa: E731
+        await rec.wait_until(lambda r: failed(r) or any(f.filename.startswith("zvl-") for f in r.files), timeout=240)
+        assert not failed(rec), [q.content for q in rec.edits]
         upload = next(f for f in rec.files if f.filename.startswith("zvl-"))
         assert Image.open(io.BytesIO(upload.data)).size == (64, 64)
         meta = read_png_metadata(upload.data)
