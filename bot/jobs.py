@@ -39,7 +39,6 @@ from bot.params import (
     defaults_from,
     fix_seed,
     preset_from,
-    request_from_record,
     settings_defaults,
 )
 from bot.references import Reference, ReferenceStore
@@ -153,7 +152,7 @@ class JobService:
 
     def _requests(self, kind: str, params: dict[str, Any],
                   reference: Reference | None) -> tuple[list[StylizeRequest], SweepPlan | None]:
-        base = request_from_record(params["request"], reference.image if reference else None)
+        base = StylizeRequest.from_record(params["request"], reference.image if reference else None)
         if kind == JobKind.STYLIZE:
             return [base], None
         sweep = params["sweep"]

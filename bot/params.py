@@ -3,14 +3,13 @@
 Options resolve key by key through ``bot.store.resolve_params``: what the command gave, then the user's
 ``/defaults``, then the server preset named in the command, then the operator's settings (:func:`settings_defaults`).
 The resolved dict (user-facing names: ``style_weight``, ``layer``, ``seed`` ...) is stored on the job, so a button
-pressed after a restart rebuilds the same request (:func:`request_from_record`).
+pressed after a restart rebuilds the same request (``StylizeRequest.from_record``).
 
 Pure: no Discord, no I/O. Cogs import their choices and texts from here rather than from the engine.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -21,13 +20,13 @@ from engine.sweep import parse_values
 from engine.types import (
     BlendMode,
     FitMode,
-    LayerWeight,
     Normalization,
     OutlierDirection,
     OutlierMode,
     StylizeRequest,
     TokenMode,
     alpha_to_style_weight,
+    parse_hidden_layer,
 )
 
 #: Output sizes offered by ``size``: about one megapixel, both sides multiples of 16 (plus a fast small square).
@@ -151,12 +150,6 @@ def settings_defaults(settings: Any) -> dict[str, Any]:
     return out
 
 
-def _hidden_layer(value: Any) -> int | tuple[LayerWeight, ...]:
-    if isinstance(value, (list, tuple)):
-        return tuple(LayerWeight(int(layer), float(weight)) for layer, weight in value)
-    return int(value)
-
-
 def fix_seed(resolved: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``resolved`` whose ``seed`` is a number (``"random"`` draws one; seeds stay below 2**32)."""
     out = dict(resolved)
@@ -172,7 +165,7 @@ def build_request(resolved: dict[str, Any], *, prompt: str, reference: Any, stre
         reference=reference,
         alpha=float(resolved["alpha"]),
         blend_mode=BlendMode.parse(resolved["blend_mode"], "blend_mode"),
-        hidden_layer=_hidden_layer(resolved["layer"]),
+        hidden_layer=parse_hidden_layer(resolved["layer"]),
         tokens=TokenMode.parse(resolved["tokens"], "tokens"),
         normalization=Normalization.parse(resolved["normalization"], "normalization"),
         target_std=float(resolved["target_std"]),
@@ -189,27 +182,6 @@ def build_request(resolved: dict[str, Any], *, prompt: str, reference: Any, stre
         guidance_scale=float(resolved["guidance_scale"]),
         shift=float(resolved["shift"]),
     )
-
-
-_ENUM_FIELDS = {"blend_mode": BlendMode, "tokens": TokenMode, "normalization": Normalization,
-                "outlier_mode": OutlierMode, "outlier_direction": OutlierDirection, "fit_mode": FitMode}
-_REQUEST_FIELDS = {f.name for f in dataclasses.fields(StylizeRequest)} - {"reference"}
-
-
-def request_from_record(record: dict[str, Any], reference: Any) -> StylizeRequest:
-    """Inverse of ``StylizeRequest.record()`` (keys it does not know are ignored)."""
-    kwargs: dict[str, Any] = {}
-    for key, value in record.items():
-        if key not in _REQUEST_FIELDS:
-            continue
-        if key in _ENUM_FIELDS:
-            value = _ENUM_FIELDS[key].parse(value, key)
-        elif key == "hidden_layer":
-            value = _hidden_layer(value)
-        elif key == "seeds":
-            value = tuple(int(s) for s in value)
-        kwargs[key] = value
-    return StylizeRequest(reference=reference, **kwargs)
 
 
 def defaults_from(resolved: dict[str, Any]) -> dict[str, Any]:

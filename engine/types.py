@@ -131,6 +131,13 @@ class LayerWeight:
     weight: float = 1.0
 
 
+def parse_hidden_layer(value: Any) -> int | tuple[LayerWeight, ...]:
+    """``-6`` → ``-6``; ``[[-6, 0.7], [-8, 0.3]]`` (the JSON form of :meth:`StylizeRequest.record`) → layer weights."""
+    if isinstance(value, (list, tuple)):
+        return tuple(lw if isinstance(lw, LayerWeight) else LayerWeight(int(lw[0]), float(lw[1])) for lw in value)
+    return int(value)
+
+
 @dataclass
 class VLResult:
     """What Qwen3-VL extraction returns.
@@ -245,6 +252,25 @@ class StylizeRequest:
             out[f.name] = value
         out["reference"] = None if self.reference is None else list(self.reference.size)
         return out
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], reference: Image.Image | None = None) -> StylizeRequest:
+        """The inverse of :meth:`record` (a job row rebuilt after a restart); unknown keys are ignored."""
+        enums = {"blend_mode": BlendMode, "tokens": TokenMode, "normalization": Normalization,
+                 "outlier_mode": OutlierMode, "outlier_direction": OutlierDirection, "fit_mode": FitMode}
+        names = {f.name for f in dataclasses.fields(cls)} - {"reference"}
+        kwargs: dict[str, Any] = {}
+        for key, value in record.items():
+            if key not in names:
+                continue
+            if key in enums:
+                value = enums[key].parse(value, key)
+            elif key == "hidden_layer":
+                value = parse_hidden_layer(value)
+            elif key == "seeds":
+                value = tuple(int(s) for s in value)
+            kwargs[key] = value
+        return cls(reference=reference, **kwargs)
 
 
 @dataclass

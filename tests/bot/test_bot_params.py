@@ -15,12 +15,11 @@ from bot.params import (
     defaults_from,
     fix_seed,
     preset_from,
-    request_from_record,
     settings_defaults,
     size_of,
 )
 from bot.store import resolve_params
-from engine.types import BlendMode, LayerWeight, TokenMode, style_weight_to_alpha
+from engine.types import BlendMode, LayerWeight, StylizeRequest, TokenMode, style_weight_to_alpha
 from tests.bot.harness import make_settings
 
 
@@ -49,16 +48,16 @@ def test_options_beat_user_defaults_beat_preset(defaults: dict) -> None:
 
 
 def test_build_request_and_record_round_trip(defaults: dict) -> None:
-    """A request built from resolved parameters survives record() -> request_from_record (what a restart does)."""
+    """A request built from resolved parameters survives record() -> StylizeRequest.from_record (what a restart does)."""
     resolved = fix_seed(resolve_params({"layer": -6, "blend_mode": "append"}, {}, None, defaults))
     assert isinstance(resolved["seed"], int) and 0 <= resolved["seed"] < 2**32
     request = build_request(resolved, prompt="a fox", reference=None, strength=0.7)
     assert (request.blend_mode, request.tokens, request.seeds, request.strength) == (
         BlendMode.APPEND, TokenMode.FULL, (resolved["seed"],), 0.7)
-    again = request_from_record(request.record(), None)
+    again = StylizeRequest.from_record(request.record())
     assert again == request
     mixed = request.replace(hidden_layer=(LayerWeight(-6, 0.7), LayerWeight(-8, 0.3)))
-    assert request_from_record(mixed.record(), None).hidden_layer == mixed.hidden_layer
+    assert StylizeRequest.from_record(mixed.record()).hidden_layer == mixed.hidden_layer
 
 
 def test_fix_seed_keeps_a_given_seed() -> None:
