@@ -156,10 +156,11 @@ def vl_config():
                       num_position_embeddings=2304, deepstack_visual_indexes=[0, 1], patch_size=16,
                       spatial_merge_size=2, temporal_patch_size=2)
     else:  # Qwen3-VL-4B-Instruct's published config
+        rope = {"rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": [24, 20, 20],
+                "mrope_interleaved": True}
         text = dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
                     num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=262144,
-                    tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 5_000_000.0,
-                                                               "mrope_section": [24, 20, 20], "mrope_interleaved": True})
+                    tie_word_embeddings=True, rope_parameters=rope)
         vision = dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, out_hidden_size=2560,
                       num_position_embeddings=2304, deepstack_visual_indexes=[5, 11, 17], patch_size=16,
                       spatial_merge_size=2, temporal_patch_size=2)
