@@ -3,7 +3,9 @@
     python bench/cache.py [--quick] [--reps N] [--side PX] [--json PATH] [--threads N]
 
 Both requests go through the steps the worker's encode stage takes (``EngineWorker._encode``), in its order:
-``default_vl_key(request)`` (the reference's pixels + the VL settings), ``EmbeddingCache.get_vl(key)``, and on a miss
+``pipeline_vl_key(pipe, request, identities)`` (the worker's default key: ``engine.cache.vl_cache_record`` of the
+reference's pixels, every VL setting, the image-token budget, the model folder's identity, the dtype; the folder
+hash memoised as the worker memoises it), ``EmbeddingCache.get_vl(key)``, and on a miss
 ``StylePipeline.encode_reference(request)`` in a thread followed by ``EmbeddingCache.put_vl(key, vl)``. The cache is
 the real ``EmbeddingCache`` (atomic checksummed safetensors files in a temporary folder) over a ``MemoryCacheIndex``
 (the bot uses ``SqliteCacheIndex`` behind the same protocol). The repeated request carries a *copy* of the reference
@@ -32,13 +34,13 @@ from vl_layer_stop import FULL_VL  # noqa: E402
 NAME = "cache"
 
 
-async def encode_stage(pipe, cache, request) -> tuple[object, bool, dict[str, float]]:
+async def encode_stage(pipe, cache, request, identities: dict) -> tuple[object, bool, dict[str, float]]:
     """The worker's per-reference encode step: key, cache lookup, extraction + store on a miss."""
-    from engine.worker import default_vl_key
+    from engine.worker import pipeline_vl_key
 
     t = {}
     t0 = time.perf_counter()
-    key = await asyncio.to_thread(default_vl_key, request)
+    key = await asyncio.to_thread(pipeline_vl_key, pipe, request, identities)
     t["key"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     vl = await cache.get_vl(key)
@@ -90,7 +92,12 @@ async def run(args) -> int:
         reference = C.reference_image(side, seed=3)
         request = StylizeRequest(prompt="a lighthouse on a cliff at dusk", reference=reference, alpha=0.3)
         repeat = request.replace(reference=reference.copy())
-        pipe.encode_reference(request.replace(reference=C.reference_image(side, seed=4)))  # warm-up, untimed
+        identities: dict = {}  # the worker's memo of model-folder hashes (computed once per process)
+        warm = request.replace(reference=C.reference_image(side, seed=4))
+        from engine.worker import pipeline_vl_key
+
+        pipeline_vl_key(pipe, warm, identities)
+        pipe.encode_reference(warm)  # warm-up, untimed
         print(f"model: Qwen3-VL {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params, "
               f"{len(model.model.language_model.layers)} decoder layers, {pipe.vl_extractor.dtype}; reference "
               f"{side}x{side}; built in {build_s:.1f}s, loaded in {load_s:.2f}s", flush=True)
@@ -102,12 +109,12 @@ async def run(args) -> int:
             await cache.recover()
             before = dict(calls)
             t0 = time.perf_counter()
-            first, hit1, parts1 = await encode_stage(pipe, cache, request)
+            first, hit1, parts1 = await encode_stage(pipe, cache, request, identities)
             miss_s.append(time.perf_counter() - t0)
             miss_calls.append(calls["base"] - before["base"])
             before = dict(calls)
             t0 = time.perf_counter()
-            second, hit2, parts2 = await encode_stage(pipe, cache, repeat)
+            second, hit2, parts2 = await encode_stage(pipe, cache, repeat, identities)
             hit_s.append(time.perf_counter() - t0)
             hit_calls.append((calls["base"] - before["base"]) + (calls["vision"] - before["vision"]))
             if hit1 or not hit2:
