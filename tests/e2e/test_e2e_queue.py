@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 import pytest
@@ -58,8 +57,7 @@ async def test_admin_reload_during_a_queue_loses_nothing(space) -> None:
         await queued_position(rec)
         recs.append(rec)
     await space.resume()
-    reload = asyncio.ensure_future(space.admin_call("reload", {"component": "all"}, timeout=120))
-    text = await reload
+    text = await space.admin_call("reload", {"component": "all"}, timeout=120)
     assert text.startswith("✅ Reloaded all"), text
     waiting = int(re.search(r"\((\d+) job\(s\) waiting\)", text).group(1))
     assert 1 <= waiting <= 5, text
