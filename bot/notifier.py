@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import discord
 
+from bot.results import Outgoing
 from bot.ui.buttons import status_view
 from bot.ui.embeds import status_line
-from bot.results import Outgoing
-from engine.progress import EventKind, ProgressEvent
+from engine.progress import EventKind, ProgressEvent, throttle
 from engine.queue import Job, JobOutcome, JobStatus
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -121,27 +121,15 @@ class Notifier:
             log.exception("job=%s: keeping its Discord message up to date failed", job.id)
 
     async def _progress(self, job: Job, just_edited: bool = False) -> None:
-        """Throttled edits for every event until the final one (see the module docstring)."""
+        """Throttled edits for every event until the final one (``engine.progress.throttle``: the newest state,
+        at most one edit per ``interval``)."""
         events = self.worker.subscribe(job.id)
-        last, held = (self.clock() if just_edited else -math.inf), None
+        start = self.clock() if just_edited else -math.inf
         try:
-            while True:
-                wait = None if held is None else max(0.0, last + self.interval - self.clock())
-                try:
-                    event = await asyncio.wait_for(events.__anext__(), wait)
-                except asyncio.TimeoutError:
-                    event, held = held, None
-                except StopAsyncIteration:
-                    return
-                assert event is not None
+            async for event in throttle(events, self.interval, clock=self.clock, last=start):
                 if event.final:
                     return
-                if self.clock() - last < self.interval:
-                    held = event
-                    continue
-                held = None
                 await self._show(job, event)
-                last = self.clock()
         finally:
             events.close()
 

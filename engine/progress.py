@@ -9,6 +9,8 @@ event loop through ``loop.call_soon_threadsafe``; none is emitted after the fina
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -57,17 +59,45 @@ class ProgressEvent:
 
 
 async def throttle(events: AsyncIterable[ProgressEvent], min_interval: float, *,
-                   clock: Callable[[], float] = time.monotonic) -> AsyncIterator[ProgressEvent]:
-    """Pass at most one event per ``min_interval`` seconds; final events always pass, and end the stream.
+                   clock: Callable[[], float] = time.monotonic,
+                   last: float = -math.inf) -> AsyncIterator[ProgressEvent]:
+    """Pass at most one event per ``min_interval`` seconds, always the newest; final events always pass and end it.
 
-    Events arriving too soon after the last one passed are dropped (newer events supersede them: a Discord message
-    edit shows the latest state anyway). ``min_interval <= 0`` passes everything.
+    An event arriving too soon after the last one passed is held, and replaced by any newer event; when the interval
+    is over and nothing newer came, the held event is passed (trailing edge), so a Discord status message never
+    stays on a stale state. The interval counts from when the consumer is done with an event (a slow message edit
+    delays the next one). ``last``: the clock time of an edit made before the stream started. ``min_interval <= 0``
+    passes everything. The pending read of ``events`` is never cancelled by a timeout, so any async iterator works.
     """
-    last: float | None = None
-    async for event in events:
-        now = clock()
-        if event.final or last is None or min_interval <= 0 or now - last >= min_interval:
-            last = now
+    source = events.__aiter__()
+    held: ProgressEvent | None = None
+    pending: asyncio.Future[ProgressEvent] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(source.__anext__())
+            wait = None if held is None or min_interval <= 0 else max(0.0, last + min_interval - clock())
+            done, _ = await asyncio.wait({pending}, timeout=wait)
+            if not done:  # quiet for the rest of the interval: pass the held event
+                event, held = held, None
+            else:
+                finished, pending = pending, None
+                try:
+                    event = finished.result()
+                except StopAsyncIteration:
+                    if held is not None:
+                        yield held
+                    return
+            assert event is not None
+            if event.final:
+                yield event
+                return
+            if min_interval > 0 and clock() - last < min_interval:
+                held = event
+                continue
+            held = None
             yield event
-        if event.final:
-            return
+            last = clock()
+    finally:
+        if pending is not None:
+            pending.cancel()

@@ -757,6 +757,25 @@ async def test_throttle_keeps_final_event():
     assert got[-1].kind is EventKind.DONE
 
 
+async def test_throttle_passes_the_newest_held_event_when_the_interval_is_over():
+    """A status message must not stay on a stale state: the held newest event goes out after the interval."""
+    release = asyncio.Event()
+
+    async def events():
+        yield ProgressEvent("j", EventKind.STEP, step=1, total=9)
+        yield ProgressEvent("j", EventKind.STEP, step=2, total=9)  # too soon: held
+        yield ProgressEvent("j", EventKind.STEP, step=3, total=9)  # supersedes step 2
+        await release.wait()  # the stage is busy for a long time
+        yield ProgressEvent("j", EventKind.DONE)
+
+    got = []
+    async for event in throttle(events(), 0.05):
+        got.append(event.step if event.kind is EventKind.STEP else event.kind)
+        if len(got) == 2:
+            release.set()
+    assert got == [1, 3, EventKind.DONE]
+
+
 # --- the event loop stays responsive -----------------------------------------------------------------------------
 async def test_event_loop_stays_responsive_during_blocking_stages(make_worker):
     class BusyFake(FakePipeline):
