@@ -131,7 +131,11 @@ class NullRecorder:
 
 # --- errors and messages ----------------------------------------------------------------------------------------
 class ModelLoadError(RuntimeError):
-    """A model (or the pipeline) could not be loaded. ``str()`` names the component and the cause."""
+    """A model (or the pipeline) could not be loaded.
+
+    ``str()`` is what a user sees: the component, without the cause (which can hold file paths of the host);
+    :attr:`detail` names the cause too, for ``status()`` and the admins.
+    """
 
     def __init__(self, component: str, cause: BaseException) -> None:
         self.component = component
@@ -141,7 +145,8 @@ class ModelLoadError(RuntimeError):
             text = text[:297] + "..."
         name = {"vl": "Qwen3-VL", "text": "text encoder", "dit": "Z-Image", "pipeline": "pipeline"}.get(component,
                                                                                                      component)
-        super().__init__(f"the {name} model could not be loaded ({text}); the admins have been told")
+        self.detail = f"the {name} model could not be loaded ({text})"
+        super().__init__(f"the {name} model could not be loaded; the admins have been told (see /admin status)")
 
 
 class _Aborted(Exception):
@@ -662,8 +667,8 @@ class EngineWorker:
                 error = None
                 try:
                     await self._in_thread(self._dit_exec, self._do_reload, component)
-                except Exception as exc:
-                    error = str(exc)
+                except Exception as exc:  # reload answers an admin: the cause (detail) is what they need
+                    error = getattr(exc, "detail", None) or str(exc)
                     log.error("reload(%s) failed: %s", component, exc, exc_info=exc)
                 return {"component": component, "seconds": round(time.monotonic() - t0, 3), "error": error,
                         "queued": len(await self.queue.snapshot())}
@@ -714,7 +719,7 @@ class EngineWorker:
                     self._pipeline = self._factory()
                 except Exception as exc:
                     err = ModelLoadError("pipeline", exc)
-                    self._model_errors["pipeline"] = str(err)
+                    self._model_errors["pipeline"] = err.detail
                     raise err from exc
                 self._model_errors.pop("pipeline", None)
             return self._pipeline
@@ -724,7 +729,7 @@ class EngineWorker:
             pipe.load(component)
         except Exception as exc:
             err = ModelLoadError(component, exc)
-            self._model_errors[component] = str(err)
+            self._model_errors[component] = err.detail
             raise err from exc
         for name in (("vl", "text", "dit", "all") if component == "all" else (component,)):
             self._model_errors.pop(name, None)
