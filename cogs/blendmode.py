@@ -50,6 +50,7 @@ class BlendModes(commands.GroupCog, group_name="blendmode",
     @app_commands.describe(modes="Modes to compare, comma-separated (default: all)", **{
         k: DESCRIBE[k] for k in ("image", "prompt", "style_weight", "seed", "steps", "size", "private")})
     @app_commands.choices(size=SIZE_CHOICES)
+    @app_commands.checks.bot_has_permissions(attach_files=True, embed_links=True)
     @generation_cooldown()
     async def compare(self, interaction: discord.Interaction, image: discord.Attachment, prompt: Prompt | None = None,
                       modes: Modes | None = None,

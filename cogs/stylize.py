@@ -34,6 +34,7 @@ class Stylize(commands.Cog):
     @app_commands.choices(blend_mode=BLEND_MODE_CHOICES, tokens=TOKEN_CHOICES, size=SIZE_CHOICES)
     @app_commands.autocomplete(preset=preset_autocomplete)
     @app_commands.guild_only()
+    @app_commands.checks.bot_has_permissions(attach_files=True, embed_links=True)
     @generation_cooldown()
     async def stylize(self, interaction: discord.Interaction, image: discord.Attachment, prompt: Prompt | None = None,
                       style_weight: StyleWeight | None = None, blend_mode: str | None = None,

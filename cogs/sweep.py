@@ -55,6 +55,7 @@ class Sweep(commands.Cog):
     )
     @app_commands.choices(preset=SWEEP_PRESET_CHOICES, blend_mode=BLEND_MODE_CHOICES, size=SIZE_CHOICES)
     @app_commands.guild_only()
+    @app_commands.checks.bot_has_permissions(attach_files=True, embed_links=True)
     @generation_cooldown()
     async def sweep(self, interaction: discord.Interaction, image: discord.Attachment, preset: str | None = None,
                     prompt: Prompt | None = None,

@@ -262,3 +262,13 @@ async def test_logs_carry_the_job_id_never_the_token(fake: FakeDiscord, bot, cap
     ours = [r.getMessage() for r in caplog.records if r.name.startswith(("bot", "engine", "cogs"))]
     assert any(job_id in m for m in ours)
     assert not any(rec.token in m for m in ours)
+
+
+async def test_refused_where_the_bot_cannot_attach_files(fake: FakeDiscord, bot, pipeline: FakePipeline) -> None:
+    """Results are files: a channel where the bot may not attach them gets an ephemeral reason, and no job."""
+    no_attach = (1 << 10) | (1 << 11) | (1 << 14)  # view channel, send messages, embed links
+    rec = await fake.dispatch_slash("stylize", {"image": attach(fake), "prompt": "a fox", **SMALL},
+                                    app_permissions=no_attach)
+    ack = await rec.wait_ack(2)
+    assert ack.ephemeral and "Attach Files" in ack.content
+    assert pipeline.requests == []
