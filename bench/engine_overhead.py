@@ -15,7 +15,7 @@ What is compared, on the same model, the same final caption and the same seed:
   caption. No checks, no callback, decode inside the pipeline.
 
 The model is random and built like ``engine.tiny`` but large enough that denoising dominates, as at full size
-(full mode: a DiT of width 256, 4 layers at 256x256 px, 9 steps; the VAE decode is ~10% of a run, 6% at full size),
+(full mode: a DiT of width 256, 4 layers at 256x256 px, 9 steps; the VAE decode is ~13% of a run, 6% at full size),
 saved in the real folder layout to a temporary folder and loaded through ``StylePipeline.from_pretrained``, with the
 engine's automatic dtype (bf16 on a CPU with native bf16, else float32). Runs are interleaved (ABBA) after one
 warm-up each; the figure is the median of the per-round ratios engine/raw (the ratios of the medians and of
@@ -36,7 +36,8 @@ import _common as C  # noqa: E402
 
 NAME = "engine_overhead"
 
-#: Full mode: a DiT big enough that denoising dominates (bf16 on this project's 2-core dev VM: ~0.4 s a run).
+#: Full mode: a DiT big enough that denoising dominates (bf16 on the 2-core dev VM: 0.4 s a run with 2 threads,
+#: 0.8 s with 1).
 FULL = dict(dim=256, n_layers=4, n_refiner_layers=1, n_heads=4, cap_dim=256, vae_channels=(16, 16, 32, 32),
             text_layers=2)
 FULL_VL = dict(hidden=256, layers=8, heads=8, kv_heads=4, head_dim=32, vision_depth=2, vision_hidden=64,
