@@ -19,8 +19,9 @@ compile 0.80 s (165 s warm-up).
   ``fp8``: ``pip install 'zvl-bot[fp8]'``) and a CUDA GPU with compute capability 8.9 or newer (Ada, Hopper,
   Blackwell). Slower than bf16 without compile; pair it with ``compile``.
 
-Not wired into the engine yet: the hook it needs is one call after the Generator's modules are built (see
-:func:`prepare`), because :meth:`Generator.unload` + reload replaces the transformer and loses both.
+Wiring: with either setting on, ``StylePipeline`` gives its Generator ``on_build=prepare(...)``, so both are applied
+each time the DiT is built (an unload + reload replaces the transformer); the worker's start-up ``preload`` builds
+it, so the warm-up happens before the first request.
 """
 
 from __future__ import annotations

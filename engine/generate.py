@@ -174,8 +174,13 @@ class Generator:
     """Z-Image txt2img / img2img over shared modules. Build with :meth:`from_pretrained`."""
 
     def __init__(self, transformer, vae, scheduler, *, device: str | torch.device = "cpu",
-                 dtype: torch.dtype | str | None = None, text_encoder=None, path: str | Path | None = None):
+                 dtype: torch.dtype | str | None = None, text_encoder=None, path: str | Path | None = None,
+                 on_build: Callable[[Generator], Any] | None = None):
         self.path = Path(path) if path is not None else None
+        #: Called with this Generator each time its modules are (re)built, e.g. ``engine.accel.prepare`` for the
+        #: compile / FP8 settings, so an unload + reload keeps them. Its return value lands in ``build_report``.
+        self.on_build = on_build
+        self.build_report: Any = None
         self.device = resolve_device(device)
         self.dtype = parse_dtype(dtype, self.device) if dtype is not None else transformer.dtype
         self.text_encoder = text_encoder  # an engine.text.TextEncoder, for the automatic CFG negative
@@ -191,15 +196,16 @@ class Generator:
     @classmethod
     def from_pretrained(cls, zimage_dir: str | Path, device: str | torch.device = "auto",
                         dtype: torch.dtype | str | None = "auto", text_encoder: bool = False, *,
-                        lazy: bool = False) -> Generator:
+                        lazy: bool = False, on_build: Callable[[Generator], Any] | None = None) -> Generator:
         """Load ``transformer/``, ``vae/`` and ``scheduler/`` of a diffusers Z-Image folder (+ the text encoder).
 
         ``text_encoder=True`` also loads ``text_encoder/`` + ``tokenizer/`` as an :class:`engine.text.TextEncoder`
-        on the same device (used for the automatic CFG negative). ``lazy=True`` loads on first use.
+        on the same device (used for the automatic CFG negative). ``lazy=True`` loads on first use. ``on_build``: see
+        :attr:`on_build`.
         """
         dev = resolve_device(device)
         dt = parse_dtype(dtype, dev)
-        gen = cls(None, None, None, device=dev, dtype=dt, path=zimage_dir)
+        gen = cls(None, None, None, device=dev, dtype=dt, path=zimage_dir, on_build=on_build)
         if text_encoder:
             from engine.text import TextEncoder
 
@@ -241,6 +247,8 @@ class Generator:
             p.set_progress_bar_config(disable=True)
         self._pipe, self._img2img = pipe, img2img
         self._cap_dim = int(transformer.config.cap_feat_dim)
+        if self.on_build is not None:
+            self.build_report = self.on_build(self)
 
     @property
     def loaded(self) -> bool:

@@ -123,7 +123,8 @@ class StylePipeline:
 
     def __init__(self, zimage_path: str | Path, vl_path: str | Path | None = None, *, device: str = "auto",
                  vl_device: str = "auto", text_device: str = "auto", dtype: str | torch.dtype = "auto",
-                 vl_max_image_tokens: int = 1024, vl_auto_unload: bool = False,
+                 vl_max_image_tokens: int = 1024, vl_auto_unload: bool = False, compile: bool = False,
+                 fp8: bool = False, warm_size: tuple[int, int] = (1024, 1024),
                  stats_provider: StatsProvider | None = None):
         if zimage_path is None:
             raise ValueError("zimage_path is not set (a diffusers Z-Image folder is required)")
@@ -146,6 +147,8 @@ class StylePipeline:
             raise ValueError(f"vl_max_image_tokens must be an integer >= 1; got {vl_max_image_tokens!r}")
         self.vl_max_image_tokens = tokens
         self.vl_auto_unload = bool(vl_auto_unload)
+        #: Optional DiT acceleration (``engine.accel``): applied, with its warm-up, each time the DiT is built.
+        self.compile, self.fp8, self.warm_size = bool(compile), bool(fp8), warm_size
         self.stats_provider = stats_provider
         self.dit_device = resolve_dit_device(self._device_setting)
         self._vl_dev: torch.device | None = None
@@ -163,22 +166,25 @@ class StylePipeline:
     @classmethod
     def from_pretrained(cls, zimage_path: str | Path, vl_path: str | Path | None = None, *, device: str = "auto",
                         vl_device: str = "auto", text_device: str = "auto", dtype: str | torch.dtype = "auto",
-                        vl_max_image_tokens: int = 1024, vl_auto_unload: bool = False,
-                        stats_provider: StatsProvider | None = None) -> StylePipeline:
+                        vl_max_image_tokens: int = 1024, vl_auto_unload: bool = False, compile: bool = False,
+                        fp8: bool = False, stats_provider: StatsProvider | None = None) -> StylePipeline:
         """Point at the model folders; nothing is loaded until first needed (or :meth:`load`)."""
         return cls(zimage_path, vl_path, device=device, vl_device=vl_device, text_device=text_device, dtype=dtype,
-                   vl_max_image_tokens=vl_max_image_tokens, vl_auto_unload=vl_auto_unload,
-                   stats_provider=stats_provider)
+                   vl_max_image_tokens=vl_max_image_tokens, vl_auto_unload=vl_auto_unload, compile=compile,
+                   fp8=fp8, stats_provider=stats_provider)
 
     @classmethod
     def from_settings(cls, settings: Any, *, stats_provider: StatsProvider | None = None) -> StylePipeline:
         """Build from a settings object's ``zimage_path, vl_path, device, vl_device, text_device, dtype,
-        vl_max_image_tokens, vl_auto_unload`` attributes (missing ones take the defaults)."""
+        vl_max_image_tokens, vl_auto_unload, compile, fp8, width, height`` attributes (missing ones take the
+        defaults; width/height are the size the compile warm-up runs at)."""
         get = lambda name, default: getattr(settings, name, default)  # noqa: E731
         return cls(get("zimage_path", None), get("vl_path", None), device=get("device", "auto"),
                    vl_device=get("vl_device", "auto"), text_device=get("text_device", "auto"),
                    dtype=get("dtype", "auto"), vl_max_image_tokens=get("vl_max_image_tokens", 1024),
-                   vl_auto_unload=get("vl_auto_unload", False), stats_provider=stats_provider)
+                   vl_auto_unload=get("vl_auto_unload", False), compile=get("compile", False),
+                   fp8=get("fp8", False), warm_size=(get("width", 1024), get("height", 1024)),
+                   stats_provider=stats_provider)
 
     # ------------------------------------------------------------------------------------------- components
     def _dtype_for(self, device: torch.device) -> torch.dtype:
@@ -229,8 +235,18 @@ class StylePipeline:
         with self._lock:
             if self._gen is None:
                 dev = self.dit_device
-                self._gen = Generator.from_pretrained(self.zimage_path, dev, self._dtype_for(dev), lazy=True)
+                self._gen = Generator.from_pretrained(self.zimage_path, dev, self._dtype_for(dev), lazy=True,
+                                                      on_build=self._accelerate if self.compile or self.fp8 else None)
             return self._gen
+
+    def _accelerate(self, generator: Generator) -> dict[str, Any]:
+        """FP8 and/or regional compile of a freshly built DiT, then its warm-up (``engine.accel.prepare``)."""
+        from engine import accel
+
+        width, height = self.warm_size
+        report = accel.prepare(generator, compile=self.compile, fp8=self.fp8, width=width, height=height)
+        log.info("DiT acceleration: %s", {k: v for k, v in report.items() if k != "warm_up"})
+        return report
 
     def _components(self, component: str) -> list[str]:
         name = str(component).strip().lower()

@@ -145,6 +145,8 @@ class Settings(BaseSettings):
     vl_auto_unload: bool = Field(False, description="unload Qwen3-VL after each extraction (24 GB cards)")
     vl_idle_unload_s: float = Field(600.0, ge=0, description="unload Qwen3-VL after this many idle seconds (0 = never)")
     vl_max_image_tokens: int = Field(1024, ge=4, le=4096, description="cap on a reference's image tokens")
+    preload: bool = Field(True, description="load the models (and run compile/FP8 warm-ups) at start-up, not on the "
+                                            "first request")
     compile: bool = Field(False, description="regional torch.compile of the DiT (warmed up at start-up)")
     fp8: bool = Field(False, description="FP8 dynamic quantisation of the DiT (needs torchao)")
 

@@ -402,6 +402,7 @@ class EngineWorker:
         self._keep = keep_outcomes
         self.timeout_s = float(getattr(settings, "job_timeout_s", 600.0))
         self.vl_auto_unload = bool(getattr(settings, "vl_auto_unload", False))
+        self.preload = bool(getattr(settings, "preload", False))
         self.vl_idle_unload_s = float(getattr(settings, "vl_idle_unload_s", 0.0) or 0.0)
         self.cpu_threads = getattr(settings, "cpu_threads", None)
 
@@ -456,8 +457,33 @@ class EngineWorker:
                        asyncio.create_task(self._dit_loop(), name="zvl-dit-loop")]
         if self.vl_idle_unload_s > 0:
             self._tasks.append(asyncio.create_task(self._idle_unloader(), name="zvl-vl-idle-unload"))
+        if self.preload:
+            self._spawn(self._warm_up())
         log.info("engine worker started (timeout %ss, vl_auto_unload=%s, vl_idle_unload_s=%s, cpu_threads=%s)",
                  self.timeout_s, self.vl_auto_unload, self.vl_idle_unload_s, self.cpu_threads)
+
+    async def _warm_up(self) -> None:
+        """Load the models at start-up, each in the thread of its stage, so no user's first request waits for them
+        (nor for the compile / FP8 warm-up, which runs when the DiT is built). Jobs that arrive meanwhile queue
+        behind the loads in the same threads. Qwen3-VL is left to load on demand when ``vl_auto_unload`` is set.
+        A failed load is reported in :meth:`status` and retried by the next job."""
+        t0 = time.monotonic()
+        encoders = ["text"] + ([] if self.vl_auto_unload else ["vl"])
+
+        def load(components: list[str]) -> None:
+            pipe = self._pipe()
+            for component in components:
+                if component == "vl" and getattr(pipe, "vl_path", True) is None:
+                    continue
+                self._ensure(pipe, component)
+
+        results = await asyncio.gather(self._in_thread(self._dit_exec, load, ["dit"]),
+                                       self._in_thread(self._vl_exec, load, encoders), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        for exc in failed:
+            log.error("warm-up: %s", getattr(exc, "detail", exc))
+        if not failed:
+            log.info("models loaded at start-up in %.1fs: %s", time.monotonic() - t0, self.loaded_components())
 
     def _init_vl_thread(self) -> None:
         if self.cpu_threads:

@@ -282,3 +282,24 @@ def test_errors_without_reference(pipe, request_, name):
 def test_empty_prompt_with_reference_is_fine(pipe):
     res = pipe(StylizeRequest(prompt="", reference=_ref(), alpha=1.0, **SMALL))
     assert res.params["vl_applied"] and res.vl["settings"]["vl_text"] is None
+
+
+def test_compile_and_fp8_settings_reach_the_dit_on_every_build(tiny_models, monkeypatch):
+    """``compile``/``fp8`` run ``engine.accel.prepare`` (with its warm-up) when the DiT is built, and again after
+    an unload + reload (a rebuilt transformer would otherwise silently lose them)."""
+    from engine import accel
+
+    calls = []
+    monkeypatch.setattr(accel, "prepare", lambda gen, **kw: calls.append((gen, kw)) or {"compile": kw["compile"]})
+    settings = SimpleNamespace(zimage_path=tiny_models.zimage, vl_path=None, device="cpu", dtype="float32",
+                               compile=True, fp8=False, width=64, height=48)
+    p = StylePipeline.from_settings(settings)
+    p.load("dit")
+    assert len(calls) == 1 and calls[0][1] == {"compile": True, "fp8": False, "width": 64, "height": 48}
+    assert p.generator.build_report == {"compile": True}
+    p.unload("dit")
+    p.load("dit")
+    assert len(calls) == 2 and calls[1][0] is p.generator
+    plain = StylePipeline.from_pretrained(tiny_models.zimage, device="cpu", dtype="float32")
+    plain.load("dit")
+    assert len(calls) == 2 and plain.generator.on_build is None  # both off: nothing runs

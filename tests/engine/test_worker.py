@@ -183,7 +183,8 @@ def mkjob(label: str, owner: str | None = None, *, reference: Image.Image | None
 
 
 def settings(**kw) -> Settings:
-    base = {"max_jobs_per_user": 10, "max_jobs_total": 50, "job_timeout_s": 30.0, "vl_idle_unload_s": 0.0}
+    base = {"max_jobs_per_user": 10, "max_jobs_total": 50, "job_timeout_s": 30.0, "vl_idle_unload_s": 0.0,
+            "preload": False}
     base.update(kw)
     return Settings(_env_file=None, **base)
 
@@ -524,6 +525,32 @@ async def test_reload_all_with_a_factory_builds_a_new_pipeline(make_worker):
         assert ("dit_end", "A2") in built[1].log and ("dit_end", "A2") not in built[0].log
     finally:
         await w.stop()
+
+
+@pytest.mark.parametrize("auto_unload", [False, True])
+async def test_preload_loads_the_models_at_start_not_on_the_first_job(make_worker, auto_unload):
+    """With ``preload`` the stage threads load their models right after start(); with ``vl_auto_unload`` Qwen3-VL
+    is left to load on demand."""
+    pipe = FakePipeline()
+    w = await make_worker(pipe, settings=settings(preload=True, vl_auto_unload=auto_unload))
+    await wait_for(lambda: pipe.loaded["dit"] and pipe.loaded["text"], "the start-up loads")
+    assert pipe.loaded["vl"] is (not auto_unload)
+    assert w.counters["done"] == 0  # no job was needed for that
+
+
+async def test_failed_preload_is_reported_and_the_next_job_retries(make_worker):
+    pipe = FakePipeline()
+    pipe.load_error["dit"] = FileNotFoundError("/models/zimage/transformer: no such folder")
+    w = await make_worker(pipe, settings=settings(preload=True))
+    await wait_for(lambda: pipe.loaded["text"], "the encoder loads")
+    for _ in range(100):
+        if (await w.status())["model_error"]:
+            break
+        await asyncio.sleep(0.02)
+    assert "no such folder" in (await w.status())["model_error"]
+    del pipe.load_error["dit"]
+    await w.submit(mkjob("A1"))
+    assert (await w.wait("A1")).status is JobStatus.DONE
 
 
 async def test_failed_model_load_keeps_worker_alive(make_worker):
