@@ -15,11 +15,12 @@ import resource
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bot.checks import Cooldowns
 from bot.jobs import JobService
+from bot.looplag import LoopLagMonitor
 from bot.notifier import Notifier
 from bot.references import ReferenceStore
 from bot.results import render_result
@@ -62,6 +63,7 @@ class Services:
     jobs: JobService
     cooldowns: Cooldowns
     started_at: float
+    loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
 
     @classmethod
     async def open(cls, bot: discord.Client, settings: Settings, pipeline_factory: PipelineFactory | None = None,
@@ -85,6 +87,7 @@ class Services:
 
     async def start(self) -> None:
         """Resume the jobs a restart interrupted, then start the worker."""
+        self.loop_lag.start()
         await self.jobs.recover()
         await self.worker.start()
 
@@ -95,6 +98,7 @@ class Services:
             await self.worker.stop(grace_s=grace_s)
             await self.notifier.close(grace_s=5.0)
         finally:
+            await self.loop_lag.stop()
             await self.store.close()
         log.info("services closed")
 
@@ -102,7 +106,7 @@ class Services:
         """What ``/admin status`` shows: worker state, models, devices and memory, cache, uptime."""
         worker = await self.worker.status()
         return {"worker": worker, "cache": await self.cache.stats(), "devices": await asyncio.to_thread(devices),
-                "uptime_s": time.monotonic() - self.started_at}
+                "uptime_s": time.monotonic() - self.started_at, "loop_lag": self.loop_lag.snapshot()}
 
 
 def devices() -> dict[str, Any]:

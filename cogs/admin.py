@@ -122,6 +122,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot admini
             "Done / failed / cancelled": "{done} / {failed} / {cancelled}".format(**worker["counters"]),
             "Cache": f"{cache['entries']} entries, {_size(cache['bytes'])}",
             "Uptime": f"{status['uptime_s'] / 3600:.1f} h",
+            "Event-loop lag": "p50 {p50_ms:g} ms, p99 {p99_ms:g} ms, max {max_ms:g} ms".format(**status["loop_lag"]),
         }
         await interaction.response.send_message(embed=info_embed("zvl-bot status", fields), ephemeral=True)
 

@@ -102,6 +102,7 @@ async def test_admin_operations(fake: FakeDiscord, tmp_path: Path) -> None:
         assert "Resumed" in (await call("resume")).content
         status = {f["name"]: f["value"] for f in (await call("status")).data["embeds"][0]["fields"]}
         assert status["State"] == "running" and "CPU only" in status["Devices"] and status["Queue"].startswith("0")
+        assert status["Event-loop lag"].startswith("p50 ") and " p99 " in status["Event-loop lag"]
         stats = {f["name"]: f["value"] for f in (await call("stats", group="cache")).data["embeds"][0]["fields"]}
         assert stats["Entries"] == "0"
         assert "Removed 0" in (await call("clear", group="cache")).content
