@@ -92,7 +92,7 @@ def build_tokenizer():
     return tok
 
 
-def _zimage_components(tokenizer) -> dict:
+def _zimage_components(tokenizer, width: int = TINY_HIDDEN) -> dict:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
 
@@ -101,14 +101,14 @@ def _zimage_components(tokenizer) -> dict:
         all_patch_size=(2,),
         all_f_patch_size=(1,),
         in_channels=16,
-        dim=64,
+        dim=width,
         n_layers=2,
         n_refiner_layers=1,
-        n_heads=2,
-        n_kv_heads=2,
+        n_heads=width // 32,  # head dim 32 = sum(axes_dims)
+        n_kv_heads=width // 32,
         norm_eps=1e-5,
         qk_norm=True,
-        cap_feat_dim=TINY_HIDDEN,
+        cap_feat_dim=width,
         rope_theta=256.0,
         t_scale=1000.0,
         axes_dims=[8, 12, 12],  # sum = dim // n_heads
@@ -140,11 +140,11 @@ def _zimage_components(tokenizer) -> dict:
     text_encoder = Qwen3Model(
         Qwen3Config(
             vocab_size=len(tokenizer),
-            hidden_size=TINY_HIDDEN,
-            intermediate_size=128,
+            hidden_size=width,
+            intermediate_size=2 * width,
             num_hidden_layers=TINY_TEXT_LAYERS,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            num_attention_heads=width // 16,
+            num_key_value_heads=width // 32,
             head_dim=16,
             max_position_embeddings=2048,
             rms_norm_eps=1e-6,
@@ -159,7 +159,7 @@ def _zimage_components(tokenizer) -> dict:
                 text_encoder=text_encoder.eval(), tokenizer=tokenizer)
 
 
-def _qwen3vl(tokenizer):
+def _qwen3vl(tokenizer, width: int = TINY_HIDDEN):
     from transformers import Qwen2VLImageProcessorPil, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     from engine.loading import Qwen3VLImageOnlyProcessor
@@ -168,11 +168,11 @@ def _qwen3vl(tokenizer):
     config = Qwen3VLConfig(
         text_config=dict(
             vocab_size=len(tokenizer),
-            hidden_size=TINY_HIDDEN,
-            intermediate_size=128,
+            hidden_size=width,
+            intermediate_size=2 * width,
             num_hidden_layers=TINY_VL_LAYERS,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            num_attention_heads=width // 16,
+            num_key_value_heads=width // 32,
             head_dim=16,
             max_position_embeddings=4096,
             rms_norm_eps=1e-6,
@@ -183,13 +183,13 @@ def _qwen3vl(tokenizer):
         ),
         vision_config=dict(
             depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
+            hidden_size=width // 2,
+            intermediate_size=width,
+            num_heads=max(2, width // 64),
             patch_size=16,
             spatial_merge_size=2,
             temporal_patch_size=2,
-            out_hidden_size=TINY_HIDDEN,  # = text hidden size, as in the real model (2560)
+            out_hidden_size=width,  # = text hidden size, as in the real model (2560)
             num_position_embeddings=2304,
             deepstack_visual_indexes=[0, 1],
         ),
@@ -214,8 +214,11 @@ def _qwen3vl(tokenizer):
     return model, processor
 
 
-def make_tiny(root: Path | str, *, overwrite: bool = True) -> dict[str, Path]:
+def make_tiny(root: Path | str, *, overwrite: bool = True, width: int = TINY_HIDDEN) -> dict[str, Path]:
     """Write ``root/zimage`` and ``root/qwen3vl``; returns their paths. Deterministic: same bytes every time.
+
+    ``width`` (a multiple of 64; default 64) is the hidden size shared by both text models and the DiT: benchmarks
+    use wider models so that torch kernels, not Python overhead, dominate as they do at full size.
 
     Folders are written under a temporary name and renamed into place, so an interrupted run never leaves a
     half-written model folder that looks complete.
@@ -234,8 +237,10 @@ def make_tiny(root: Path | str, *, overwrite: bool = True) -> dict[str, Path]:
         staging = {k: root / f".{k}.partial" for k in out}
         for p in staging.values():
             shutil.rmtree(p, ignore_errors=True)
-        ZImagePipeline(**_zimage_components(tokenizer)).save_pretrained(staging["zimage"])
-        model, processor = _qwen3vl(tokenizer)
+        if width < 64 or width % 64:
+            raise ValueError(f"width must be a multiple of 64; got {width}")
+        ZImagePipeline(**_zimage_components(tokenizer, width)).save_pretrained(staging["zimage"])
+        model, processor = _qwen3vl(tokenizer, width)
         model.save_pretrained(staging["qwen3vl"])
         processor.save_pretrained(staging["qwen3vl"])
         for key, final in out.items():
@@ -247,6 +252,6 @@ def make_tiny(root: Path | str, *, overwrite: bool = True) -> dict[str, Path]:
     return out
 
 
-def ensure_tiny(root: Path | str) -> dict[str, Path]:
+def ensure_tiny(root: Path | str, *, width: int = TINY_HIDDEN) -> dict[str, Path]:
     """Return the tiny model folders under ``root``, building them on first use (the ``--demo`` path)."""
-    return make_tiny(root, overwrite=False)
+    return make_tiny(root, overwrite=False, width=width)
