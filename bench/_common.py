@@ -369,3 +369,14 @@ def quiet() -> None:
     tlog.set_verbosity_error()
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
+
+
+class WorkerSettings:
+    """The settings an ``EngineWorker`` reads, for the worker benchmarks (no .env, no profile, no caps in the way)."""
+
+    max_jobs_per_user = 1000
+    max_jobs_total = 1000
+    job_timeout_s = 600.0
+    vl_auto_unload = False
+    vl_idle_unload_s = 0.0
+    cpu_threads = 1

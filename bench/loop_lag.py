@@ -24,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -31,18 +32,12 @@ from PIL import Image  # noqa: E402
 
 from engine.queue import Job  # noqa: E402
 from engine.types import StylizeRequest  # noqa: E402
+from _common import WorkerSettings  # noqa: E402
 from engine.worker import EngineWorker  # noqa: E402
 
 TICK = 0.005
 
 
-class Settings:
-    max_jobs_per_user = 1000
-    max_jobs_total = 1000
-    job_timeout_s = 600.0
-    vl_auto_unload = False
-    vl_idle_unload_s = 0.0
-    cpu_threads = 1
 
 
 def noise(seed: int, px: int) -> Image.Image:
@@ -63,7 +58,7 @@ async def ticker(lags: list[float], stop: asyncio.Event) -> None:
 
 
 async def run(pipe, seconds: float, ref_px: int, size: int, steps: int) -> tuple[list[float], int, dict]:
-    worker = EngineWorker(pipe, settings=Settings())
+    worker = EngineWorker(pipe, settings=WorkerSettings())
     await worker.start()
     lags: list[float] = []
     stop = asyncio.Event()

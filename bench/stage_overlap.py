@@ -28,6 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -35,18 +36,10 @@ from PIL import Image  # noqa: E402
 
 from engine.queue import Job  # noqa: E402
 from engine.types import StylizeRequest, StylizeResult, VLResult  # noqa: E402
+from _common import WorkerSettings  # noqa: E402
 from engine.worker import EngineWorker  # noqa: E402
 
 
-class Settings:
-    """The worker settings this bench needs (no .env, no profile)."""
-
-    max_jobs_per_user = 1000
-    max_jobs_total = 1000
-    job_timeout_s = 600.0
-    vl_auto_unload = False
-    vl_idle_unload_s = 0.0
-    cpu_threads = 1
 
 
 def tiny_dir() -> Path:
@@ -89,7 +82,7 @@ def run_sequential(pipe, requests: list[StylizeRequest]) -> Timed:
 
 
 async def _run_worker(pipe, requests: list[StylizeRequest]) -> Timed:
-    worker = EngineWorker(pipe, settings=Settings())
+    worker = EngineWorker(pipe, settings=WorkerSettings())
     await worker.start()
     try:
         with Timed() as t:

@@ -14,10 +14,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from PIL import Image
 
 from bot.client import ZvlBot, create_bot
+from bot.discord_api import current_endpoints, point_discord_at
 from engine.generate import Cancelled
 from engine.settings import Settings, load_settings
 from engine.types import PositionKind, StylizeRequest, StylizeResult, VLResult
@@ -146,3 +148,31 @@ async def wait_for(predicate, timeout: float = 10.0, what: str = "condition") ->
         if loop.time() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+# --- fixtures (imported by tests/bot/conftest.py and tests/cogs/conftest.py) ---------------------------------
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscord]:
+    before = current_endpoints()
+    async with FakeDiscord(heartbeat_interval_ms=1000) as fake:
+        fake.add_guild("Test Guild")
+        try:
+            yield fake
+        finally:
+            point_discord_at(before.api_base, before.gateway_url)
+
+
+@pytest.fixture
+def pipeline() -> FakePipeline:
+    return FakePipeline()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, fake: FakeDiscord):
+    return make_settings(tmp_path, fake)
+
+
+@pytest.fixture
+async def bot(fake: FakeDiscord, settings, pipeline: FakePipeline):
+    async with running_bot(settings, pipeline) as bot:
+        yield bot
