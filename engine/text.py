@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 MAX_SEQUENCE_LENGTH = 512
 
 #: The fixed prompt set of :meth:`TextEncoder.reference_stats` (10 prompts of varied subject, style and length, as the
-#: seed's statistics used 10 prompts). Changing it changes every statistic; its hash is part of the stats key.
+#: seed's statistics used 10 prompts). Changing it changes every statistic; it is part of the stats key.
 REFERENCE_PROMPTS: tuple[str, ...] = (
     "a red fox jumping over a snowy fence at dawn",
     "portrait photo of an old fisherman with a grey beard, dramatic side lighting, 85mm",
@@ -192,6 +192,21 @@ def prompt_set_hash(prompts: Sequence[str] = REFERENCE_PROMPTS) -> str:
     return hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest()[:12]
 
 
+def text_model_identity(zimage_dir: str | Path) -> str:
+    """The identity of a Z-Image folder's text encoder as the embedding cache records it:
+    :func:`engine.cache.model_identity` of ``text_encoder/`` plus a hash of the files of ``tokenizer/`` (both change
+    what the encoder outputs). Reads and hashes the files (tens of ms for Qwen3's tokenizer): memoise it."""
+    from engine.cache import model_identity
+
+    root = Path(zimage_dir)
+    digest = hashlib.sha256()
+    tok = root / "tokenizer"
+    for path in sorted(tok.iterdir()) if tok.is_dir() else []:
+        if path.is_file():
+            digest.update(f"{path.name}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    return f"{model_identity(root / 'text_encoder')}+tokenizer#{digest.hexdigest()}"
+
+
 
 class TextEncoder:
     """The Z-Image text encoder (Qwen3-4B for the real model) and its tokenizer.
@@ -214,7 +229,8 @@ class TextEncoder:
         self.tokenizer = tokenizer
         self._model = model
         self._lock = threading.RLock()
-        self._stats: dict[int, ReferenceStats] = {}
+        self._stats: dict[str, ReferenceStats] = {}
+        self._identity: str | None = None  #: memoised :meth:`identity` (recomputed when the weights load again)
         self._num_layers = None if model is None else int(model.config.num_hidden_layers)
         if self._num_layers is None and self.path is not None:
             self._num_layers = int(read_json(self.path / "text_encoder" / "config.json")["num_hidden_layers"])
@@ -274,6 +290,7 @@ class TextEncoder:
                                                   local_files_only=True)
             self._model = model.to(self.device).eval()
             self._num_layers = int(self._model.config.num_hidden_layers)
+            self._identity = None  # the folder may hold other weights now: stats keys follow them
 
     def unload(self) -> None:
         """Free the weights (the tokenizer and memoised statistics stay). The next encode reloads lazily."""
@@ -345,9 +362,23 @@ class TextEncoder:
         return captured[layer]
 
     # --------------------------------------------------------------------------------------- statistics
+    def identity(self) -> str:
+        """:func:`text_model_identity` of the folder (memoised), or the in-memory model's :meth:`fingerprint`."""
+        ident = self._identity
+        if ident is None:
+            ident = text_model_identity(self.path) if self.path is not None else f"in-memory#{self.fingerprint()}"
+            self._identity = ident
+        return ident
+
     def stats_key(self, layer: int = -2, prompts: Sequence[str] = REFERENCE_PROMPTS) -> str:
-        """Cache key of :meth:`reference_stats`: encoder fingerprint, layer and prompt-set hash."""
-        return f"refstats-{self.fingerprint()}-L{int(layer)}-P{prompt_set_hash(prompts)}"
+        """Key of :meth:`reference_stats`: :func:`engine.cache.cache_key` of
+        :func:`engine.cache.ref_stats_cache_record` over this encoder's :meth:`identity`, the layer, the prompts
+        and the compute dtype (64 hex characters; the embedding cache stores the statistics under it, and the VL
+        cache records of extractions normalised against them name it)."""
+        from engine.cache import cache_key, ref_stats_cache_record
+
+        return cache_key(ref_stats_cache_record(model_identity=self.identity(), layer=int(layer),
+                                                prompts=list(prompts), dtype=str(self.dtype)))
 
     def reference_stats(self, layer: int = -2, prompts: Sequence[str] = REFERENCE_PROMPTS) -> ReferenceStats:
         """Per-dimension mean/std of this encoder's ``layer`` output over ``prompts`` (memoised per layer/prompts)."""

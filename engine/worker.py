@@ -5,7 +5,8 @@ Stages. A job goes through
 1. the **encode stage** (the *VL thread*): ``check_inputs`` of every cell, then per distinct VL key (reference
    pixels + VL settings + model, :func:`pipeline_vl_key`) either an embedding-cache hit (the VL model is not even
    loaded) or one Qwen3-VL extraction on the device the ``auto`` policy picked (the CPU on a 24 GB card), then
-   style_delta's neutral extraction, the Qwen3 prompt embeddings (once per distinct prompt) and CFG's negative; and
+   style_delta's neutral extraction, the Qwen3 prompt embeddings (once per distinct prompt, each an embedding-cache
+   hit or an encode: on hits only the text encoder is not even loaded) and CFG's negative; and
 2. the **DiT stage** (the *DiT thread*, the only thread that touches the DiT): blend, denoise, decode; sweep cells
    sharing size/steps/strength/guidance/shift go through ``generate_batch`` as one batched call.
 
@@ -20,6 +21,13 @@ torch 2.13 (CPU build): the call sets the calling thread's OpenMP team size *and
 thread first touching torch afterwards inherits (the DiT thread included, when it starts later); threads that already
 ran torch work (the main thread) keep their own count. So treat it as process-global: with the DiT on a GPU it only
 matters for CPU work; with everything on the CPU both stages share the cores anyway.
+
+The embedding cache (``cache``, an :class:`engine.cache.EmbeddingCache`) holds three kinds of entries: VL
+extractions (kind ``vl``, :func:`pipeline_vl_key`), prompt embeddings (kind ``text``, :func:`pipeline_text_key`) and
+the reference statistics of per-dimension normalisation and outlier masking (kind ``refstats``, under
+``TextEncoder.stats_key``). The statistics are asked for by the pipeline in the VL thread, through the
+``stats_provider`` the worker sets on a pipeline that has none; the provider waits for the cache's coroutines on the
+event loop (``run_coroutine_threadsafe``) and computes the statistics when the cache fails or misses.
 
 Models load lazily, each in the thread of the stage that needs it; Qwen3-VL is unloaded after a job's extractions
 with ``vl_auto_unload``, or after ``vl_idle_unload_s`` without use. :meth:`EngineWorker.reload` closes the gate,
@@ -63,7 +71,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 __all__ = [
     "EngineWorker", "JobRecorder", "NullRecorder", "VLCache", "StageEstimator", "ModelLoadError", "Subscription",
-    "user_message", "default_vl_key", "pipeline_vl_key", "is_oom", "free_memory", "Job", "JobOutcome", "JobStatus", "QueueFull", "OOM_MESSAGE",
+    "user_message", "default_vl_key", "pipeline_vl_key", "pipeline_text_key", "is_oom", "free_memory", "Job",
+    "JobOutcome", "JobStatus", "QueueFull", "OOM_MESSAGE",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,6 +80,9 @@ log = logging.getLogger(__name__)
 OOM_MESSAGE = "the GPU ran out of memory; try a smaller size or fewer images"
 CORRUPT_MESSAGE = "the reference image could not be read (it may be corrupt or truncated); please upload another one"
 COMPONENTS = ("vl", "text", "dit", "all")
+#: How long the VL thread waits for one embedding-cache call on the event loop (reference statistics) before it
+#: computes instead.
+CACHE_BRIDGE_TIMEOUT_S = 30.0
 
 
 # --- protocols ------------------------------------------------------------------------------------------------------
@@ -89,7 +101,9 @@ class PipelineLike(Protocol):
 
 
 class VLCache(Protocol):
-    """The embedding cache as the worker sees it (``engine.cache.EmbeddingCache``)."""
+    """The embedding cache as the worker sees it (``engine.cache.EmbeddingCache``). With ``get(key) -> (tensors,
+    meta) | None`` and ``put(key, tensors, meta, *, kind)`` as well, it also serves prompt embeddings and reference
+    statistics; a cache with only these two methods serves VL extractions only."""
 
     async def get_vl(self, key: str) -> VLResult | None: ...
     async def put_vl(self, key: str, vl: VLResult) -> None: ...
@@ -238,6 +252,40 @@ def pipeline_vl_key(pipe: Any, request: StylizeRequest, identities: dict[tuple[i
     return c.cache_key(record)
 
 
+def pipeline_text_key(pipe: Any, request: StylizeRequest, identities: dict[tuple[int, str], str] | None = None
+                      ) -> str:
+    """The embedding cache's key (``engine.cache.text_cache_record``) of the request's prompt embedding under
+    ``pipe``: prompt, ``text_layer``, ``think``, the identity of the Z-Image folder's text encoder and tokenizer
+    (``engine.text.text_model_identity``), the token budget and the compute dtype. A pipeline without a
+    ``zimage_path`` (fakes) is identified by its class. ``identities`` memoises the folder hash. Runs in the VL
+    thread; loads no model."""
+    from engine import cache as c
+
+    zimage = getattr(pipe, "zimage_path", None)
+    max_length = dtype = None
+    if zimage is None:
+        ident = f"pipeline:{type(pipe).__module__}.{type(pipe).__qualname__}"
+    else:
+        from engine.text import MAX_SEQUENCE_LENGTH, text_model_identity
+
+        memo = identities if identities is not None else {}
+        ident = memo.get((id(pipe), f"text:{zimage}"))
+        if ident is None:
+            ident = memo[(id(pipe), f"text:{zimage}")] = text_model_identity(zimage)
+        encoder = getattr(pipe, "_text", None)  # the encoder's own budget when it exists; not created here
+        max_length = int(getattr(encoder, "max_sequence_length", MAX_SEQUENCE_LENGTH))
+        dtype_for, device = getattr(pipe, "_dtype_for", None), getattr(pipe, "text_device", None)
+        if dtype_for is not None and device is not None:
+            dtype = str(dtype_for(device))
+    return c.cache_key(c.text_cache_record(request.prompt, request.text_layer, request.think, ident,
+                                           max_length=max_length, dtype=dtype))
+
+
+def _is_cache_key(key: Any) -> bool:
+    """Whether ``key`` is a key the embedding cache accepts (64 lowercase hex characters, ``cache_key``'s form)."""
+    return isinstance(key, str) and len(key) == 64 and all(ch in "0123456789abcdef" for ch in key)
+
+
 def _batch_key(request: StylizeRequest) -> tuple:
     """Cells with equal keys may share one batched DiT call."""
     return (request.width, request.height, request.steps, request.strength, request.guidance_scale, request.shift)
@@ -269,6 +317,7 @@ class _Run:
     budget_s: float = 0.0  #: timeout seconds left; the clock stops while the job waits for the DiT in the hand-off
     clock_from: float = 0.0
     vl_keys: list[str | None] = field(default_factory=list)
+    text_cache_keys: dict[tuple, str] = field(default_factory=dict)  #: text_key -> embedding-cache key
     vls: dict[str, Any] = field(default_factory=dict)
     texts: list[Any] = field(default_factory=list)
     neutrals: dict[int, Any] = field(default_factory=dict)  #: style_delta's neutral extraction, per cell
@@ -395,7 +444,8 @@ class EngineWorker:
         self.recorder: JobRecorder = recorder if recorder is not None else NullRecorder()
         self.cache = cache
         self._vl_key = vl_key
-        self._identities: dict[tuple[int, str], str] = {}  # (id(pipeline), vl folder) -> model identity
+        self._identities: dict[tuple[int, str], str] = {}  # (id(pipeline), vl / "text:" folder) -> model identity
+        self._negatives_done: set[tuple[int, int, bool]] = set()  # (id(pipeline), text_layer, think) encoded once
         self._listeners: list[Callable[[ProgressEvent], None]] = [on_event] if on_event else []
         self.estimator = estimator or StageEstimator()
         self.max_batch_pixels = max_batch_pixels
@@ -434,7 +484,11 @@ class EngineWorker:
         self._vl_busy = False
         self._recent: list[dict[str, Any]] = []
         self.counters = {"done": 0, "failed": 0, "cancelled": 0, "interrupted": 0, "vl_extractions": 0,
-                         "vl_cache_hits": 0}
+                         "vl_cache_hits": 0,
+                         "text_encodes": 0,  # distinct prompts run through the text encoder
+                         "text_cache_hits": 0,  # distinct prompts served by the embedding cache
+                         "refstats_computed": 0,  # reference statistics computed (cache miss or failure)
+                         "refstats_cache_hits": 0}  # reference statistics served by the embedding cache
         self._update_gate()
 
     # --- lifecycle -------------------------------------------------------------------------------------------------
@@ -721,6 +775,7 @@ class EngineWorker:
 
     def _do_reload(self, component: str) -> None:  # any stage thread, both idle
         self._identities.clear()  # the folders may hold new weights now
+        self._negatives_done.clear()
         if self._factory is not None and component == "all":
             with self._pipe_lock:
                 old, self._pipeline = self._pipeline, None
@@ -748,7 +803,10 @@ class EngineWorker:
                     self._model_errors["pipeline"] = err.detail
                     raise err from exc
                 self._model_errors.pop("pipeline", None)
-            return self._pipeline
+            pipe = self._pipeline
+            if getattr(pipe, "stats_provider", False) is None and self._tensor_cache() is not None:
+                pipe.stats_provider = self._stats_provider  # type: ignore[attr-defined]
+            return pipe
 
     def _load(self, pipe: PipelineLike, component: str) -> None:
         try:
@@ -999,7 +1057,8 @@ class EngineWorker:
 
     async def _encode(self, run: _Run) -> None:
         job = run.job
-        run.vl_keys, run.vl_device = await self._call(run, self._vl_exec, self._prepare, job.requests)
+        run.vl_keys, run.vl_device, run.text_cache_keys = await self._call(run, self._vl_exec, self._prepare,
+                                                                            job.requests)
         extracted = False
         for key in dict.fromkeys(k for k in run.vl_keys if k is not None):
             request = job.requests[run.vl_keys.index(key)]
@@ -1033,16 +1092,32 @@ class EngineWorker:
         if extracted and self.vl_auto_unload:
             await self._call(run, self._vl_exec, self._unload_vl)
         t0 = time.monotonic()
-        run.texts, load_s = await self._call(run, self._vl_exec, self._encode_texts, job.requests)
+        cached: dict[tuple, Any] = {}
+        for tkey, ckey in run.text_cache_keys.items():
+            emb = await self._text_cache_get(ckey)
+            if emb is not None:
+                cached[tkey] = emb
+        self.counters["text_cache_hits"] += len(cached)
+        t1 = time.monotonic()
+        run.texts, load_s = await self._call(run, self._vl_exec, self._encode_texts, job.requests, cached)
         run.timings["load"] += load_s
-        seconds = time.monotonic() - t0 - load_s
-        self.estimator.observe_text(seconds / max(1, len({text_key(r) for r in job.requests})))
-        run.timings["text"] += seconds
+        encoded = {text_key(r): emb for r, emb in zip(job.requests, run.texts, strict=True)
+                   if text_key(r) not in cached}
+        self.counters["text_encodes"] += len(encoded)
+        if encoded:
+            self.estimator.observe_text((time.monotonic() - t1 - load_s) / len(encoded))
+        run.timings["text"] += time.monotonic() - t0 - load_s
+        for tkey, emb in encoded.items():
+            if tkey in run.text_cache_keys:
+                await self._text_cache_put(run.text_cache_keys[tkey], emb)
         run.timings["encode_stage"] = time.monotonic() - run.started_at
         self._check_abort(run)
 
-    def _prepare(self, requests: list[StylizeRequest]) -> tuple[list[str | None], str | None]:  # VL thread
-        """check_inputs, and the VL key of each cell that needs an extraction (``None``: no reference or α = 0)."""
+    def _prepare(self, requests: list[StylizeRequest]
+                 ) -> tuple[list[str | None], str | None, dict[tuple, str]]:  # VL thread
+        """check_inputs; the VL key of each cell that needs an extraction (``None``: no reference or α = 0), the VL
+        device, and the embedding-cache key of each distinct prompt (``{text_key: key}``; empty without a cache
+        that stores tensors)."""
         pipe = self._pipe()
         for request in requests:
             pipe.check_inputs(request)
@@ -1050,7 +1125,16 @@ class EngineWorker:
         keys = [(self._vl_key(r) if self._vl_key is not None else pipeline_vl_key(pipe, r, self._identities))
                 if needs(r) else None for r in requests]
         device = getattr(pipe, "vl_device", None) if any(k is not None for k in keys) else None
-        return keys, None if device is None else str(device)
+        text_keys: dict[tuple, str] = {}
+        if self._tensor_cache() is not None:
+            try:
+                for request in requests:
+                    if text_key(request) not in text_keys:
+                        text_keys[text_key(request)] = pipeline_text_key(pipe, request, self._identities)
+            except Exception:  # an unreadable folder: encode without the cache rather than fail the job
+                log.warning("could not compute text-embedding cache keys; encoding without the cache", exc_info=True)
+                text_keys = {}
+        return keys, None if device is None else str(device), text_keys
 
     def _neutrals(self, requests: list[StylizeRequest], keys: list[str | None]) -> tuple[dict[int, Any], float]:
         """style_delta's neutral (mid-gray) extraction per cell, in the VL thread (the pipeline memoises it)."""
@@ -1077,19 +1161,117 @@ class EngineWorker:
         pipe.unload("vl")
         free_memory()
 
-    def _encode_texts(self, requests: list[StylizeRequest]) -> tuple[list[Any], float]:  # VL thread
+    def _encode_texts(self, requests: list[StylizeRequest], cached: dict[tuple, Any] | None = None
+                      ) -> tuple[list[Any], float]:  # VL thread
+        """One prompt embedding per request: from ``cached`` (``{text_key: tensor}``, the cache's hits) or encoded
+        once per distinct prompt. The text encoder is loaded only when something needs it (a miss, or a CFG
+        negative this pipeline has not encoded yet)."""
         pipe = self._pipe()
-        load_s = self._ensure(pipe, "text")
-        seen: dict[tuple, Any] = {}
+        load_s = 0.0
+        seen: dict[tuple, Any] = dict(cached or {})
         out = []
         for request in requests:
             key = text_key(request)
             if key not in seen:
+                load_s += self._ensure(pipe, "text")
                 seen[key] = pipe.encode_prompt(request)
             out.append(seen[key])
             if request.guidance_scale > 0 and hasattr(pipe, "negative_embedding"):
+                neg = (id(pipe), int(request.text_layer), bool(request.think))
+                if neg not in self._negatives_done:  # the pipeline memoises it: the encoder is needed once
+                    load_s += self._ensure(pipe, "text")
                 pipe.negative_embedding(request)  # CFG's negative, memoised by the pipeline: not in the DiT thread
+                self._negatives_done.add(neg)
         return out, load_s
+
+    # --- the embedding cache ------------------------------------------------------------------------------------
+    def _tensor_cache(self) -> Any:
+        """The cache when it stores plain tensors too (``get``/``put``: text embeddings, reference statistics)."""
+        cache = self.cache
+        if cache is None or not callable(getattr(cache, "get", None)) or not callable(getattr(cache, "put", None)):
+            return None
+        return cache
+
+    async def _text_cache_get(self, key: str) -> torch.Tensor | None:
+        cache = self._tensor_cache()
+        if cache is None:
+            return None
+        try:
+            found = await cache.get(key)
+        except Exception:
+            log.warning("embedding cache read failed for text %s; encoding instead", key[:12], exc_info=True)
+            return None
+        if found is None:
+            return None
+        tensors, meta = found
+        emb = tensors.get("embedding")
+        if emb is not None and emb.ndim == 2 and list(emb.shape) == list(meta.get("shape", ())):
+            return emb
+        log.warning("embedding cache entry %s is not a text embedding; encoding instead", key[:12])
+        try:
+            await cache.delete(key)
+        except Exception:  # pragma: no cover - the cache logs its own failures
+            pass
+        return None
+
+    async def _text_cache_put(self, key: str, emb: Any) -> None:
+        cache = self._tensor_cache()
+        if cache is None or not isinstance(emb, torch.Tensor):
+            return
+        try:
+            await cache.put(key, {"embedding": emb}, {"shape": list(emb.shape)}, kind="text")
+        except Exception:
+            log.warning("embedding cache write failed for text %s", key[:12], exc_info=True)
+
+    def _stats_provider(self, key: str, compute: Callable[[], Any]) -> Any:  # VL thread (any but the loop's)
+        """``StylePipeline.stats_provider``: the reference statistics stored under ``key`` in the embedding cache
+        (kind ``refstats``), or ``compute()`` and store them. Waits for the cache on the event loop; a cache that
+        fails, times out or holds no usable entry means computing them."""
+        from engine.text import ReferenceStats
+
+        cache, loop = self._tensor_cache(), self._loop
+        usable = cache is not None and loop is not None and not loop.is_closed() and _is_cache_key(key)
+        if usable:
+            try:
+                usable = asyncio.get_running_loop() is not loop  # on the loop itself waiting would deadlock
+            except RuntimeError:
+                pass
+        if usable:
+            found = self._bridge(cache.get(key), f"read of reference statistics {key[:12]}")
+            if found is not None:
+                tensors, meta = found
+                try:
+                    stats = ReferenceStats.from_parts(tensors, meta)
+                    if stats.key != key or stats.mean.ndim != 1 or stats.mean.shape != stats.std.shape:
+                        raise ValueError("not the statistics of this key")
+                except (KeyError, TypeError, ValueError) as exc:
+                    log.warning("embedding cache entry %s is not usable reference statistics (%s); computing them",
+                                key[:12], exc)
+                else:
+                    self.counters["refstats_cache_hits"] += 1
+                    return stats
+        stats = compute()
+        self.counters["refstats_computed"] += 1
+        if usable:
+            self._bridge(cache.put(key, stats.tensors(), stats.metadata(), kind="refstats"),
+                         f"write of reference statistics {key[:12]}")
+        return stats
+
+    def _bridge(self, coro: Any, what: str) -> Any:
+        """Run a cache coroutine on the worker's event loop from a stage thread and wait for it (``None`` on any
+        failure, which is logged)."""
+        try:
+            fut = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+        except Exception:
+            coro.close()
+            log.warning("embedding cache %s failed: the event loop is gone", what)
+            return None
+        try:
+            return fut.result(CACHE_BRIDGE_TIMEOUT_S)
+        except Exception as exc:
+            fut.cancel()
+            log.warning("embedding cache %s failed (%s: %s)", what, type(exc).__name__, exc)
+            return None
 
     async def _cache_get(self, key: str) -> VLResult | None:
         if self.cache is None:

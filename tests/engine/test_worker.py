@@ -428,7 +428,8 @@ async def test_cache_hit_with_the_real_embedding_cache(make_worker, tmp_path):
     await w.submit(Job(owner_id=1, requests=[req("A1", reference=4, alpha=0.1)], id="A2"))
     assert (await w.wait("A2")).status is JobStatus.DONE
     assert [x for x in pipe.log if x[0] == "vl_start"] == [("vl_start", "A1")]
-    assert (await cache.stats())["hits"] == 1
+    assert (await cache.stats())["hits"] == 2  # the extraction and the prompt embedding
+    assert w.counters["vl_cache_hits"] == 1 and w.counters["text_cache_hits"] == 1
 
 
 async def test_sweep_extracts_once_and_reports_cells(make_worker):
@@ -873,9 +874,212 @@ async def test_real_tiny_pipeline_end_to_end(tiny_models, tmp_path):
         bad = await w.wait("bad")
         assert bad.status is JobStatus.FAILED and bad.error.startswith("alpha must be") and "1.7" in bad.error
         stats = await cache.stats()
-        assert stats["hits"] == 1 and stats["entries"] == 1
+        assert stats["hits"] == 2 and stats["entries"] == 2  # the extraction and "a cat"'s prompt embedding
+        assert w.counters["text_cache_hits"] == 1 and w.counters["text_encodes"] == 1
         status = await w.status()
         assert set(status["loaded"]) == {"vl", "text", "dit"} and status["counters"]["done"] == 2
         assert rec.outcomes["sweep"].timings["dit"] > 0
     finally:
         await w.stop()
+
+
+# --- text embeddings and reference statistics through the embedding cache ----------------------------------------
+class TextFake(FakePipeline):
+    """A fake whose prompt embedding depends on the prompt, with a memoised CFG negative, recording the embedding
+    each generate call got."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.negatives: dict[tuple[int, bool], torch.Tensor] = {}
+        self.negative_encodes = 0
+        self.got: list[torch.Tensor] = []
+
+    def encode_prompt(self, request: StylizeRequest) -> torch.Tensor:
+        assert self.loaded["text"], "text encoder used before it was loaded"
+        self._rec("text", request.prompt)
+        torch.manual_seed(len(request.prompt) * 31 + request.text_layer + 7 * request.think)
+        return torch.randn(len(request.prompt), 8)
+
+    def negative_embedding(self, request: StylizeRequest) -> torch.Tensor:
+        key = (request.text_layer, request.think)
+        if key not in self.negatives:
+            assert self.loaded["text"], "negative encoded before the text encoder was loaded"
+            self.negative_encodes += 1
+            self.negatives[key] = torch.zeros(2, 8)
+        return self.negatives[key]
+
+    def generate(self, request, vl, text_emb=None, **kw) -> StylizeResult:
+        self.got.append(text_emb)
+        return super().generate(request, vl, text_emb, **kw)
+
+
+def _real_cache(root, index=None):
+    from engine.cache import EmbeddingCache, MemoryCacheIndex
+
+    return EmbeddingCache(root, index if index is not None else MemoryCacheIndex(), 1 << 20)
+
+
+async def test_text_cache_hits_leave_the_text_encoder_unloaded(make_worker, tmp_path):
+    pipe = TextFake()
+    cache = _real_cache(tmp_path / "cache")
+    w = await make_worker(pipe, cache=cache)
+    cells = [req("a fox", reference=None, guidance_scale=2.0), req("a cat", reference=None, seeds=(5,)),
+             req("a fox", reference=None, seeds=(9,))]
+    await w.submit(Job(owner_id=1, requests=cells, id="S1", kind="sweep"))
+    assert (await w.wait("S1")).status is JobStatus.DONE
+    assert [x for x in pipe.log if x[0] == "text"] == [("text", "a fox"), ("text", "a cat")]
+    first = list(pipe.got)
+    assert w.counters["text_encodes"] == 2 and w.counters["text_cache_hits"] == 0
+    pipe.unload("text")
+    loads = [x for x in pipe.log if x == ("load", "text")]
+
+    pipe.got.clear()
+    await w.submit(Job(owner_id=1, requests=cells, id="S2", kind="sweep"))
+    assert (await w.wait("S2")).status is JobStatus.DONE
+    assert [x for x in pipe.log if x[0] == "text"] == [("text", "a fox"), ("text", "a cat")]  # no new encode
+    assert [x for x in pipe.log if x == ("load", "text")] == loads and pipe.loaded["text"] is False
+    assert pipe.negative_encodes == 1  # CFG's negative: still the pipeline's memo, no load for it either
+    assert all(torch.equal(a, b) for a, b in zip(first, pipe.got, strict=True))  # the same embeddings
+    assert w.counters["text_cache_hits"] == 2 and w.counters["text_encodes"] == 2
+    status = await w.status()
+    assert {"text_cache_hits", "text_encodes", "refstats_cache_hits", "refstats_computed"} <= set(status["counters"])
+
+    # another text_layer or think is another embedding: encoded (the encoder loads for it), then stored
+    await w.submit(Job(owner_id=1, requests=[req("a fox", reference=None, think=True)], id="S3"))
+    assert (await w.wait("S3")).status is JobStatus.DONE
+    assert [x for x in pipe.log if x[0] == "text"][-1] == ("text", "a fox") and pipe.loaded["text"] is True
+    assert w.counters["text_encodes"] == 3 and (await cache.stats())["entries"] == 3
+
+
+async def test_text_cache_failure_falls_back_to_encoding(make_worker, tmp_path):
+    class Broken:
+        async def get_vl(self, key):
+            raise OSError("disk gone")
+
+        async def put_vl(self, key, vl):
+            raise OSError("disk gone")
+
+        async def get(self, key):
+            raise OSError("disk gone")
+
+        async def put(self, key, tensors, meta, *, kind="tensor"):
+            raise OSError("disk gone")
+
+    pipe = TextFake()
+    w = await make_worker(pipe, cache=Broken())
+    for n in (1, 2):
+        await w.submit(mkjob(f"A{n}", reference=None))
+        assert (await w.wait(f"A{n}")).status is JobStatus.DONE
+    assert [x[1] for x in pipe.log if x[0] == "text"] == ["A1", "A2"]
+    assert w.counters["text_cache_hits"] == 0
+
+
+def _stats(key: str, value: float = 1.0):
+    from engine.text import ReferenceStats
+
+    return ReferenceStats(mean=torch.full((8,), value), std=torch.full((8,), 2 * value), layer=-2, num_prompts=10,
+                          num_tokens=40, key=key, global_mean=value, global_std=2 * value)
+
+
+async def test_stats_provider_stores_and_serves_reference_statistics(make_worker, tmp_path):
+    from engine.cache import MemoryCacheIndex, cache_key, ref_stats_cache_record
+
+    key = cache_key(ref_stats_cache_record(model_identity="m", layer=-2, prompts=["a"], dtype="float32"))
+    computed: list[str] = []
+
+    def compute():
+        computed.append(key)
+        return _stats(key, 1.5)
+
+    index = MemoryCacheIndex()
+    w1 = await make_worker(FakePipeline(), cache=_real_cache(tmp_path / "c", index))
+    got = await asyncio.to_thread(w1._stats_provider, key, compute)  # from a thread, as the VL thread calls it
+    assert computed == [key] and w1.counters["refstats_computed"] == 1
+    w2 = await make_worker(FakePipeline(), cache=_real_cache(tmp_path / "c", index))  # a restart over the same index
+    again = await asyncio.to_thread(w2._stats_provider, key, compute)
+    assert computed == [key] and w2.counters["refstats_cache_hits"] == 1
+    assert torch.equal(again.mean, got.mean) and torch.equal(again.std, got.std) and again.key == key
+    assert again.num_tokens == 40 and again.global_std == got.global_std
+    # a key the cache refuses, or a cache that fails, means computing
+    await asyncio.to_thread(w2._stats_provider, "refstats-not-hex", compute)
+    assert len(computed) == 2
+
+    class Broken:
+        async def get(self, key):
+            raise OSError("disk gone")
+
+        async def put(self, key, tensors, meta, *, kind="tensor"):
+            raise OSError("disk gone")
+
+    w3 = await make_worker(FakePipeline(), cache=Broken())
+    assert (await asyncio.to_thread(w3._stats_provider, key, compute)).key == key and len(computed) == 3
+
+
+async def test_tiny_models_cache_text_embeddings_and_reference_stats_across_a_restart(tiny_models, tmp_path,
+                                                                                     monkeypatch):
+    """Real StylePipeline + EmbeddingCache: an identical request does not run the text encoder; after a restart (new
+    worker, new pipeline, new index recovered from the same folder) a per_dim request reads the reference
+    statistics from the cache and never loads the text encoder."""
+    from engine.pipeline import StylePipeline
+    from engine.text import TextEncoder
+
+    stats_runs: list[int] = []
+    original = TextEncoder.reference_stats
+
+    def counting(self, layer=-2, *args, **kw):
+        stats_runs.append(layer)
+        return original(self, layer, *args, **kw)
+
+    monkeypatch.setattr(TextEncoder, "reference_stats", counting)
+
+    def build():
+        pipe = StylePipeline.from_pretrained(tiny_models.zimage, tiny_models.qwen3vl, device="cpu", dtype="float32")
+        calls: list[str] = []
+        real = pipe.encode_prompt
+
+        def encode_prompt(request):
+            calls.append(request.prompt)
+            return real(request)
+
+        pipe.encode_prompt = encode_prompt  # the worker calls it through the instance
+        return pipe, calls
+
+    base = StylizeRequest(prompt="a fox", reference=Image.new("RGB", (48, 32), (30, 90, 200)), steps=1, width=64,
+                          height=64, alpha=0.5, normalization="per_dim")
+    pipe1, calls1 = build()
+    w1 = EngineWorker(pipe1, settings=settings(cpu_threads=1), cache=_real_cache(tmp_path / "cache"))
+    await w1.start()
+    try:
+        await w1.submit(Job(owner_id=1, requests=[base], id="one"))
+        one = await w1.wait("one")
+        assert one.status is JobStatus.DONE, one.error
+        assert calls1 == ["a fox"] and stats_runs == [-2]
+        assert pipe1.stats_provider is not None  # wired by the worker
+        await w1.submit(Job(owner_id=1, requests=[base.replace(seeds=(3,))], id="two"))
+        two = await w1.wait("two")
+        assert two.status is JobStatus.DONE, two.error
+        assert calls1 == ["a fox"]  # the second identical request did not run the text encoder
+        assert w1.counters["text_cache_hits"] == 1 and w1.counters["refstats_computed"] == 1
+        stats1 = pipe1.reference_stats(-2)
+    finally:
+        await w1.stop()
+
+    cache2 = _real_cache(tmp_path / "cache")  # a new process: an empty index over the same folder
+    assert (await cache2.recover(adopt_orphans=True))["adopted"] == 3  # the extraction, "a fox", the statistics
+    pipe2, calls2 = build()
+    w2 = EngineWorker(pipe2, settings=settings(cpu_threads=1), cache=cache2)
+    await w2.start()
+    try:
+        other = base.replace(reference=Image.new("RGB", (48, 32), (200, 60, 10)))  # a new extraction needs the stats
+        await w2.submit(Job(owner_id=1, requests=[other], id="three"))
+        three = await w2.wait("three")
+        assert three.status is JobStatus.DONE, three.error
+        assert stats_runs == [-2]  # not recomputed after the restart
+        assert w2.counters["refstats_cache_hits"] == 1 and w2.counters["refstats_computed"] == 0
+        assert w2.counters["vl_extractions"] == 1 and calls2 == []  # the prompt embedding came from the cache too
+        assert "text" not in pipe2.loaded_components()  # so the text encoder was never loaded
+        stats2 = pipe2.reference_stats(-2)
+        assert stats2.key == stats1.key and torch.equal(stats2.std, stats1.std)
+        assert three.results[0].vl["settings"]["reference_stats"] == stats1.key
+    finally:
+        await w2.stop()
