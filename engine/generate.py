@@ -45,7 +45,7 @@ import torch
 from PIL import Image, ImageOps
 
 from engine.blending import fit_caption
-from engine.loading import free_memory, parse_dtype, quiet_loading, resolve_device
+from engine.loading import free_memory, parse_dtype, model_loading, resolve_device
 from engine.types import MAX_CAPTION_LEN, FitMode
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ class Generator:
             from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
 
             log.info("loading Z-Image DiT + VAE from %s on %s (%s)", self.path, self.device, self.dtype)
-            with quiet_loading():
+            with model_loading():
                 transformer = ZImageTransformer2DModel.from_pretrained(str(self.path), subfolder="transformer",
                                                                        dtype=self.dtype, local_files_only=True)
                 vae = AutoencoderKL.from_pretrained(str(self.path), subfolder="vae", dtype=self.dtype,

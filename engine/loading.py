@@ -7,6 +7,7 @@ from a model hub (``local_files_only=True`` everywhere).
 from __future__ import annotations
 
 import json
+import threading
 import logging
 from contextlib import contextmanager
 from pathlib import Path
@@ -162,16 +163,31 @@ def load_vl_processor(path: Path) -> Qwen3VLImageOnlyProcessor:
     return Qwen3VLImageOnlyProcessor.from_pretrained(str(path), local_files_only=True)
 
 
-@contextmanager
-def quiet_loading():
-    """Silence the "Loading weights" tqdm bars of transformers and diffusers while loading a model.
+#: One model load at a time in this process (see :func:`model_loading`).
+_LOAD_LOCK = threading.RLock()
 
-    A worker or a ``--quiet`` CLI must not get progress bars on stderr. The previous state is restored afterwards,
-    so callers that enabled the bars on purpose keep them for everything else.
+
+@contextmanager
+def model_loading():
+    """Wrap every ``from_pretrained`` of a model: one load at a time, and no progress bars.
+
+    * Serialised: transformers and diffusers build a model on the ``meta`` device by patching process-wide state
+      (``init_empty_weights``), so two loads in two threads — the worker's VL and DiT stage threads both loading
+      at start-up, or the next job's Qwen3-VL while the DiT loads — can break each other ("Cannot copy out of meta
+      tensor"). Loads are rare and slow; waiting for each other costs nothing that matters.
+    * Quiet: a worker or a ``--quiet`` CLI must not get "Loading weights" tqdm bars on stderr. The previous state is
+      restored afterwards, so callers that enabled the bars on purpose keep them for everything else.
     """
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
+    with _LOAD_LOCK:
+        with _quiet_bars(transformers_logging, diffusers_logging):
+            yield
+
+
+@contextmanager
+def _quiet_bars(transformers_logging, diffusers_logging):
     t_was = transformers_logging.is_progress_bar_enabled()
     d_was = diffusers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()

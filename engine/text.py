@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.loading import free_memory, parse_dtype, quiet_loading, read_json, resolve_device
+from engine.loading import free_memory, parse_dtype, model_loading, read_json, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ class TextEncoder:
             from transformers import AutoModel
 
             log.info("loading text encoder from %s on %s (%s)", self.path, self.device, self.dtype)
-            with quiet_loading():
+            with model_loading():
                 model = AutoModel.from_pretrained(str(self.path / "text_encoder"), dtype=self.dtype,
                                                   local_files_only=True)
             self._model = model.to(self.device).eval()

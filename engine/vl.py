@@ -57,7 +57,7 @@ from engine.loading import (
     free_memory,
     load_vl_processor,
     parse_dtype,
-    quiet_loading,
+    model_loading,
     resolve_device,
 )
 from engine.text import forward_to_layers
@@ -296,7 +296,7 @@ class VLExtractor:
             from transformers import Qwen3VLForConditionalGeneration
 
             log.info("loading Qwen3-VL from %s on %s (%s)", self.path, self.device, self.dtype)
-            with quiet_loading():
+            with model_loading():
                 model = Qwen3VLForConditionalGeneration.from_pretrained(str(self.path), dtype=self.dtype,
                                                                         local_files_only=True)
             self._model = model.to(self.device).eval()
