@@ -36,7 +36,7 @@ NAME = "cache"
 
 async def encode_stage(pipe, cache, request, identities: dict) -> tuple[object, bool, dict[str, float]]:
     """The worker's per-reference encode step: key, cache lookup, extraction + store on a miss."""
-    from engine.worker import pipeline_vl_key
+    from engine.jobkeys import pipeline_vl_key
 
     t = {}
     t0 = time.perf_counter()
@@ -94,7 +94,7 @@ async def run(args) -> int:
         repeat = request.replace(reference=reference.copy())
         identities: dict = {}  # the worker's memo of model-folder hashes (computed once per process)
         warm = request.replace(reference=C.reference_image(side, seed=4))
-        from engine.worker import pipeline_vl_key
+        from engine.jobkeys import pipeline_vl_key
 
         pipeline_vl_key(pipe, warm, identities)
         pipe.encode_reference(warm)  # warm-up, untimed

@@ -47,8 +47,6 @@ not import the bot.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -61,10 +59,22 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from engine.failures import OOM_MESSAGE, ModelLoadError, is_oom, user_message
+from engine.jobkeys import default_vl_key, is_cache_key, pipeline_text_key, pipeline_vl_key
 from engine.loading import free_memory
 from engine.progress import EventKind, ProgressEvent
-from engine.queue import (VL_FIELDS, FairQueue, Job, JobOutcome, JobQueue, JobStatus, QueueFull, StageEstimator,
-                          dit_units, schedule_two_stage, text_key)
+from engine.queue import (
+    FairQueue,
+    Job,
+    JobOutcome,
+    JobQueue,
+    JobStatus,
+    QueueFull,
+    StageEstimator,
+    dit_units,
+    schedule_two_stage,
+    text_key,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from engine.types import StylizeRequest, StylizeResult, VLResult
@@ -77,8 +87,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OOM_MESSAGE = "the GPU ran out of memory; try a smaller size or fewer images"
-CORRUPT_MESSAGE = "the reference image could not be read (it may be corrupt or truncated); please upload another one"
 COMPONENTS = ("vl", "text", "dit", "all")
 #: How long the VL thread waits for one embedding-cache call on the event loop (reference statistics) before it
 #: computes instead.
@@ -143,147 +151,9 @@ class NullRecorder:
         pass
 
 
-# --- errors and messages ----------------------------------------------------------------------------------------
-class ModelLoadError(RuntimeError):
-    """A model (or the pipeline) could not be loaded.
-
-    ``str()`` is what a user sees: the component, without the cause (which can hold file paths of the host);
-    :attr:`detail` names the cause too, for ``status()`` and the admins.
-    """
-
-    def __init__(self, component: str, cause: BaseException) -> None:
-        self.component = component
-        self.cause = cause
-        text = f"{type(cause).__name__}: {cause}"
-        if len(text) > 300:
-            text = text[:297] + "..."
-        name = {"vl": "Qwen3-VL", "text": "text encoder", "dit": "Z-Image", "pipeline": "pipeline"}.get(component,
-                                                                                                     component)
-        self.detail = f"the {name} model could not be loaded ({text})"
-        super().__init__(f"the {name} model could not be loaded; the admins have been told (see /admin status)")
-
-
+# --- internal ------------------------------------------------------------------------------------------------
 class _Aborted(Exception):
     """Internal: the run's abort flag was set while a stage awaited it."""
-
-
-def is_oom(exc: BaseException) -> bool:
-    """CUDA (or other accelerator) out-of-memory, whatever wrapper raised it."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    return isinstance(exc, (RuntimeError, MemoryError)) and "out of memory" in str(exc).lower()
-
-
-def _is_corrupt_image(exc: BaseException) -> bool:
-    try:
-        from PIL import UnidentifiedImageError
-    except ImportError:  # pragma: no cover - PIL is a dependency
-        return False
-    if isinstance(exc, UnidentifiedImageError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, (OSError, SyntaxError)) and ("image" in text or "truncated" in text)
-
-
-def user_message(exc: BaseException, job_id: str) -> str:
-    """The message a user sees for a job that raised ``exc`` (never a traceback)."""
-    if isinstance(exc, ModelLoadError):
-        return str(exc)
-    if is_oom(exc):
-        return OOM_MESSAGE
-    if isinstance(exc, ValueError):  # parameter problems name the parameter (check_inputs)
-        return str(exc)
-    if _is_corrupt_image(exc):
-        return CORRUPT_MESSAGE
-    return f"generation failed (job {job_id}); the admins have the details"
-
-
-# --- keys -------------------------------------------------------------------------------------------------------
-def default_vl_key(request: StylizeRequest) -> str | None:
-    """A content key for the request's VL extraction: the reference's pixels plus the VL settings, or ``None``
-    without a reference. Computed in the VL thread (hashing a 1024² image takes a few ms)."""
-    ref = request.reference
-    if ref is None:
-        return None
-    rec = request.record()
-    settings = {k: rec[k] for k in VL_FIELDS}
-    settings["vl_text"] = request.vl_text if request.vl_text is not None else request.prompt
-    h = hashlib.sha256()
-    h.update(json.dumps(settings, sort_keys=True).encode())
-    h.update(f"{ref.mode}:{ref.size[0]}x{ref.size[1]}".encode())
-    h.update(ref.tobytes())
-    return h.hexdigest()
-
-
-def pipeline_vl_key(pipe: Any, request: StylizeRequest, identities: dict[tuple[int, str], str] | None = None
-                    ) -> str:
-    """The embedding cache's key (``engine.cache.vl_cache_record``) of the request's extraction under ``pipe``: the
-    reference's pixels, every VL setting, the image-token budget, the Qwen3-VL folder's identity, the reference
-    statistics it is normalised against and the compute dtype. Falls back to :func:`default_vl_key` for a pipeline
-    without a ``vl_path`` (fakes). ``identities`` memoises the folder hash. Runs in the VL thread."""
-    from engine import cache as c
-    from engine.types import Normalization, OutlierMode
-
-    vl_path = getattr(pipe, "vl_path", None)
-    if vl_path is None or request.reference is None:
-        key = default_vl_key(request)
-        assert key is not None, "a VL key needs a reference"
-        return key
-    memo = identities if identities is not None else {}
-    ident = memo.get((id(pipe), str(vl_path)))
-    if ident is None:
-        ident = memo[(id(pipe), str(vl_path))] = c.model_identity(vl_path)
-    norm = Normalization.parse(request.normalization, "normalization")
-    stats = None
-    if OutlierMode.parse(request.outlier_mode, "outlier_mode") is not OutlierMode.NONE or norm in (
-            Normalization.PER_DIM, Normalization.HYBRID):
-        stats = pipe.text_encoder.stats_key(request.text_layer)
-    dtype = None
-    dtype_for, device = getattr(pipe, "_dtype_for", None), getattr(pipe, "vl_device", None)
-    if dtype_for is not None and device is not None:
-        dtype = str(dtype_for(device))
-    record = c.vl_cache_record(
-        image_fingerprint=c.image_fingerprint(request.reference),
-        text=request.vl_text if request.vl_text is not None else request.prompt,
-        layers=request.hidden_layer, token_mode=request.tokens, normalization=norm, target_std=request.target_std,
-        outlier_mode=request.outlier_mode, outlier_threshold=request.outlier_threshold,
-        outlier_direction=request.outlier_direction, image_token_budget=getattr(pipe, "vl_max_image_tokens", None),
-        model_identity=ident, reference_stats=stats, dtype=dtype)
-    return c.cache_key(record)
-
-
-def pipeline_text_key(pipe: Any, request: StylizeRequest, identities: dict[tuple[int, str], str] | None = None
-                      ) -> str:
-    """The embedding cache's key (``engine.cache.text_cache_record``) of the request's prompt embedding under
-    ``pipe``: prompt, ``text_layer``, ``think``, the identity of the Z-Image folder's text encoder and tokenizer
-    (``engine.text.text_model_identity``), the token budget and the compute dtype. A pipeline without a
-    ``zimage_path`` (fakes) is identified by its class. ``identities`` memoises the folder hash. Runs in the VL
-    thread; loads no model."""
-    from engine import cache as c
-
-    zimage = getattr(pipe, "zimage_path", None)
-    max_length = dtype = None
-    if zimage is None:
-        ident = f"pipeline:{type(pipe).__module__}.{type(pipe).__qualname__}"
-    else:
-        from engine.text import MAX_SEQUENCE_LENGTH, text_model_identity
-
-        memo = identities if identities is not None else {}
-        ident = memo.get((id(pipe), f"text:{zimage}"))
-        if ident is None:
-            ident = memo[(id(pipe), f"text:{zimage}")] = text_model_identity(zimage)
-        encoder = getattr(pipe, "_text", None)  # the encoder's own budget when it exists; not created here
-        max_length = int(getattr(encoder, "max_sequence_length", MAX_SEQUENCE_LENGTH))
-        dtype_for, device = getattr(pipe, "_dtype_for", None), getattr(pipe, "text_device", None)
-        if dtype_for is not None and device is not None:
-            dtype = str(dtype_for(device))
-    return c.cache_key(c.text_cache_record(request.prompt, request.text_layer, request.think, ident,
-                                           max_length=max_length, dtype=dtype))
-
-
-def _is_cache_key(key: Any) -> bool:
-    """Whether ``key`` is a key the embedding cache accepts (64 lowercase hex characters, ``cache_key``'s form)."""
-    return isinstance(key, str) and len(key) == 64 and all(ch in "0123456789abcdef" for ch in key)
 
 
 def _batch_key(request: StylizeRequest) -> tuple:
@@ -1230,7 +1100,7 @@ class EngineWorker:
         from engine.text import ReferenceStats
 
         cache, loop = self._tensor_cache(), self._loop
-        usable = cache is not None and loop is not None and not loop.is_closed() and _is_cache_key(key)
+        usable = cache is not None and loop is not None and not loop.is_closed() and is_cache_key(key)
         if usable:
             try:
                 usable = asyncio.get_running_loop() is not loop  # on the loop itself waiting would deadlock

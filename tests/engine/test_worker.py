@@ -17,11 +17,12 @@ import torch
 from PIL import Image
 
 import engine.worker as worker_mod
+from engine.failures import CORRUPT_MESSAGE, OOM_MESSAGE
 from engine.progress import EventKind, ProgressEvent, throttle
 from engine.queue import Job, JobOutcome, JobStatus, QueueFull
 from engine.settings import Settings
 from engine.types import StylizeRequest, StylizeResult, VLResult
-from engine.worker import OOM_MESSAGE, EngineWorker, StageEstimator
+from engine.worker import EngineWorker, StageEstimator
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -641,7 +642,7 @@ async def test_value_error_and_corrupt_reference_messages(make_worker, tmp_path)
         await w.submit(Job(owner_id=2, requests=[req("B1", reference=truncated)], id="B1"))
         await w.submit(mkjob("C1"))
         assert (await w.wait("bad1")).error == "alpha must be between 0 and 1; got 1.7"
-        assert (await w.wait("B1")).error == worker_mod.CORRUPT_MESSAGE
+        assert (await w.wait("B1")).error == CORRUPT_MESSAGE
         assert (await w.wait("C1")).status is JobStatus.DONE
 
 
