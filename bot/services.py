@@ -45,7 +45,9 @@ def default_pipeline_factory(settings: Settings) -> PipelineFactory:
     def build() -> PipelineLike:
         from engine.pipeline import StylePipeline
 
-        return StylePipeline.from_settings(settings)
+        # vl_auto_unload is the worker's job (once per job, after all its extractions); the extractor's own
+        # unload-after-each-extraction would reload Qwen3-VL between the cells of a sweep.
+        return StylePipeline.from_settings(settings.model_copy(update={"vl_auto_unload": False}))
 
     return build
 
