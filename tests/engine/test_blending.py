@@ -4,7 +4,6 @@ rules (alpha, lengths, dtypes, errors), and what each mode keeps of the referenc
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -27,6 +26,7 @@ from engine.blending import (
     resample_linear,
 )
 from engine.types import BlendMode
+from tests.engine.refmath import ref_pool
 
 ALL_MODES = [m.value for m in BlendMode]
 FAST = settings(max_examples=25, deadline=None)
@@ -35,20 +35,6 @@ FAST = settings(max_examples=25, deadline=None)
 # ---------------------------------------------------------------------------------------------------------------
 # independent references (numpy, explicit loops; deliberately not the implementation's formulation)
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def ref_pool(x: np.ndarray, n: int) -> np.ndarray:
-    """Exact area average: output i averages x over [i*L/n, (i+1)*L/n), rows weighted by overlap."""
-    size = x.shape[0]
-    out = np.zeros((n, x.shape[1]))
-    for i in range(n):
-        a, b = Fraction(i * size, n), Fraction((i + 1) * size, n)
-        for j in range(size):
-            overlap = min(b, Fraction(j + 1)) - max(a, Fraction(j))
-            if overlap > 0:
-                out[i] += float(overlap) * x[j]
-        out[i] /= float(b - a)
-    return out
 
 
 def ref_resample(x: np.ndarray, n: int, align_corners: bool = False) -> np.ndarray:

@@ -4,7 +4,6 @@ independent loop / numpy computation, plus the properties the docstrings promise
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from hypothesis import strategies as st
 
 from engine.masking import fit_caption, mask_outliers, pool_sequence, resample_linear
 from engine.types import MAX_CAPTION_LEN, FitMode
+from tests.engine.refmath import ref_pool
 
 FAST = settings(max_examples=25, deadline=None)
 FIT_MODES = [m.value for m in FitMode]
@@ -28,19 +28,6 @@ def rand(seed: int, *shape: int, dtype: torch.dtype = torch.float64) -> torch.Te
 # ---------------------------------------------------------------------------------------------------------------
 # pool_sequence / resample_linear
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def ref_pool(x: np.ndarray, n: int) -> np.ndarray:
-    """Rows as unit intervals; each output averages x over its window, weighted by exact overlap."""
-    size = x.shape[0]
-    out = np.zeros((n, x.shape[1]))
-    for i in range(n):
-        a, b = Fraction(i * size, n), Fraction((i + 1) * size, n)
-        for j in range(size):
-            overlap = min(b, Fraction(j + 1)) - max(a, Fraction(j))
-            if overlap > 0:
-                out[i] += float(overlap / (b - a)) * x[j]
-    return out
 
 
 @FAST
