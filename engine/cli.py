@@ -664,26 +664,6 @@ def prompt_dirname(index: int, prompt: str) -> str:
     return f"p{index + 1:02d}_{slug or 'prompt'}"
 
 
-def vl_key(request: StylizeRequest) -> tuple:
-    """Everything an extraction depends on: the same key means the same :class:`~engine.types.VLResult`.
-
-    The reference by identity (one decoded image per run), the VL text, layer(s), token mode, normalisation, target
-    std, outlier settings, and the text layer (per-dimension normalisation and masking compare against the text
-    encoder's statistics at that layer). Not the blend mode: style_delta's neutral extraction is the pipeline's.
-    """
-    layer = request.hidden_layer
-    if not isinstance(layer, int):
-        layer = tuple((lw.layer, lw.weight) for lw in layer)
-    return (id(request.reference), request.vl_text if request.vl_text is not None else request.prompt, layer,
-            request.tokens, request.normalization, request.target_std, request.outlier_mode,
-            request.outlier_threshold, request.outlier_direction, request.text_layer)  # reference stats' layer
-
-
-def text_key(request: StylizeRequest) -> tuple:
-    """Everything the prompt embedding depends on (think and the text layer included)."""
-    return (request.prompt, request.text_layer, request.think)
-
-
 def _vl_summary(vl: Any) -> dict[str, Any] | None:
     """The extraction's metadata with its per-position ``kinds`` list (1000+ entries) replaced by counts."""
     if vl is None:
@@ -788,8 +768,8 @@ def run_sweep(pipe: Any, plan: SweepPlan, folder: Path, *, prompt: str, referenc
     """Run every cell of ``plan`` into ``folder``; returns the run (its ``status`` says how it ended).
 
     ``pipe`` needs ``encode_reference``, ``encode_prompt`` and ``generate`` (the :class:`StylePipeline` API).
-    Extractions are reused through ``vl_cache`` (keyed by :func:`vl_key`), prompt embeddings through ``text_cache``
-    (:func:`text_key`). metadata.json is rewritten atomically before the first cell and after every cell. A failing
+    Extractions are reused through ``vl_cache`` (keyed by ``StylizeRequest.vl_identity``), prompt embeddings through
+    ``text_cache`` (``StylizeRequest.text_identity``). metadata.json is rewritten atomically before the first cell and after every cell. A failing
     cell is recorded and the sweep goes on; Ctrl-C stops it with ``status: interrupted``. The grid is written at the
     end in every case (marked INCOMPLETE, with the missing cells drawn as such, unless every cell succeeded).
     """
@@ -848,14 +828,14 @@ def _run_cell(pipe: Any, cell: SweepCell, vl_cache: dict, text_cache: dict, run:
     vl = None
     reused = False
     if request.reference is not None and request.alpha > 0:
-        key = vl_key(request)
+        key = request.vl_identity()
         if key in vl_cache:
             vl, reused = vl_cache[key], True
         else:
             vl = pipe.encode_reference(request)
             vl_cache[key] = vl
             run.header["vl_extractions"] += 1
-    tkey = text_key(request)
+    tkey = request.text_identity()
     if tkey not in text_cache:
         text_cache[tkey] = pipe.encode_prompt(request)
         run.header["text_encodings"] += 1

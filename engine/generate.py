@@ -45,7 +45,7 @@ import torch
 from PIL import Image, ImageOps
 
 from engine.blending import fit_caption
-from engine.loading import free_memory, parse_dtype, model_loading, resolve_device
+from engine.loading import free_memory, model_loading, parse_dtype, resolve_device
 from engine.types import MAX_CAPTION_LEN, FitMode
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ from a model hub (``local_files_only=True`` everywhere).
 from __future__ import annotations
 
 import json
-import threading
 import logging
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any

@@ -261,8 +261,8 @@ VL_FIELDS = ("hidden_layer", "tokens", "normalization", "target_std", "outlier_m
 
 
 def text_key(request: StylizeRequest) -> tuple:
-    """Requests with equal keys share one prompt embedding."""
-    return (request.prompt, request.text_layer, request.think)
+    """Requests with equal keys share one prompt embedding (:meth:`StylizeRequest.text_identity`)."""
+    return request.text_identity()
 
 
 # --- ETA --------------------------------------------------------------------------------------------------------
@@ -301,8 +301,7 @@ class StageEstimator:
 
     def costs(self, job: Job) -> tuple[float, float]:
         """(encode-stage seconds assuming cache misses, DiT-stage seconds) for ``job``."""
-        refs = {(id(r.reference),) + tuple(getattr(r, f) for f in VL_FIELDS) + (r.vl_text or r.prompt,)
-                for r in job.requests if r.reference is not None and r.alpha > 0}
+        refs = {r.vl_identity() for r in job.requests if r.reference is not None and r.alpha > 0}
         texts = {text_key(r) for r in job.requests}
         return (len(refs) * self.vl_s + len(texts) * self.text_s,
                 sum(dit_units(r) for r in job.requests) * self.dit_unit_s)

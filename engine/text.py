@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.loading import free_memory, parse_dtype, model_loading, read_json, resolve_device
+from engine.loading import free_memory, model_loading, parse_dtype, read_json, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -232,6 +232,24 @@ class StylizeRequest:
     guidance_scale: float = 0.0
     shift: float = 3.0
 
+    def vl_identity(self) -> tuple:
+        """Everything a Qwen3-VL extraction depends on within one process: equal tuples give the same
+        :class:`VLResult`. The reference by object identity (one decoded image per job or run), the VL text, the
+        layer(s), the token mode, normalisation, target std, outlier settings, and the text layer (per-dimension
+        normalisation and masking compare against the text encoder's statistics at that layer). Not alpha nor the
+        blend mode. (The durable cache key, with pixels and model identity, is ``engine.jobkeys.pipeline_vl_key``.)
+        """
+        layer = self.hidden_layer
+        if not isinstance(layer, int):
+            layer = tuple((lw.layer, lw.weight) for lw in layer)
+        return (id(self.reference), self.vl_text if self.vl_text is not None else self.prompt, layer, str(self.tokens),
+                str(self.normalization), float(self.target_std), str(self.outlier_mode),
+                float(self.outlier_threshold), str(self.outlier_direction), self.text_layer)
+
+    def text_identity(self) -> tuple:
+        """Everything the prompt embedding depends on: requests with equal tuples share one."""
+        return (self.prompt, self.text_layer, bool(self.think))
+
     def replace(self, **changes: Any) -> StylizeRequest:
         """A copy with ``changes`` applied (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)

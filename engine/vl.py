@@ -56,8 +56,8 @@ from engine.loading import (
     check_vl_folder,
     free_memory,
     load_vl_processor,
-    parse_dtype,
     model_loading,
+    parse_dtype,
     resolve_device,
 )
 from engine.text import forward_to_layers

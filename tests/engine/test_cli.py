@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.cli import Progress, cell_filename, main, run_sweep, vl_key
+from engine.cli import Progress, cell_filename, main, run_sweep
 from engine.images import read_png_metadata
 from engine.sweep import plan_sweep
 from engine.types import StylizeRequest, StylizeResult, VLResult
@@ -217,9 +217,9 @@ def test_cell_filename_and_vl_key():
     assert cell_filename(0, "baseline: text only (alpha=0)") == "00_baseline_text_only_alpha0.png"
     plan, _ = _plan(None, {"alphas": [0.3, 0.6]})
     a, b = plan.cells[1].request, plan.cells[2].request
-    assert vl_key(a) == vl_key(b)
-    assert vl_key(a) != vl_key(a.replace(hidden_layer=-8))
-    assert vl_key(a) != vl_key(a.replace(vl_text="other"))
+    assert a.vl_identity() == b.vl_identity()
+    assert a.vl_identity() != a.replace(hidden_layer=-8).vl_identity()
+    assert a.vl_identity() != a.replace(vl_text="other").vl_identity()
 
 
 def test_progress_lines_without_tty():

@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from engine.grid import fit_grid_for_upload, grid_columns, make_grid, make_sweep_grid, wrap_text, _font
+from engine.grid import _font, fit_grid_for_upload, grid_columns, make_grid, make_sweep_grid, wrap_text
 from engine.images import read_metadata
 from engine.sweep import plan_sweep
 from engine.types import StylizeRequest
