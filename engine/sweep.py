@@ -341,40 +341,40 @@ class Preset:
         }
 
 
-_L8 = "Seed values: layer -8"
-_INTERP = "interpolate"
-_SEED_EARLY = {"hidden_layer": -8, "blend_mode": BlendMode.INTERPOLATE}
+#: How to reproduce the seed's early runs exactly (its defaults then: layer -8, text-only tokens, interpolate).
+_SEED_EARLY_FLAGS = "--layers -8 --tokens text --modes interpolate"
+_REQUEST = ("Other settings come from the request (defaults: layer -6, full tokens, pool), not from the seed's early "
+            "runs, which used layer -8, text-only tokens and interpolate: text-only tokens carry almost no image "
+            "information (the seed's own later finding), so those runs showed little; add "
+            f"{_SEED_EARLY_FLAGS} to reproduce them.")
 _SEED_LATE = {"hidden_layer": -6, "tokens": TokenMode.FULL}
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("alpha", "alpha 0 (baseline), 0.1, 0.3, 0.5, 0.7, 1.0",
            axes={"alpha": (0.0, 0.1, 0.3, 0.5, 0.7, 1.0)},
-           fixed={**_SEED_EARLY, "tokens": TokenMode.TEXT},
-           note=f"{_L8}, text tokens only, {_INTERP} (project defaults: -6, full, pool; text-only tokens carry "
-                "almost no image information, as the seed later found). Alpha 0 is the pure-text baseline, which the "
-                "seed's run dropped."),
+           note=f"The seed's alphas. {_REQUEST} Alpha 0 is the pure-text baseline, which the seed's run dropped."),
     Preset("layer", "VL hidden layers -2, -4, -8, -16, -24 at alpha 1",
            axes={"layer": (-2, -4, -8, -16, -24)},
-           fixed={"alpha": 1.0, "tokens": TokenMode.TEXT, "blend_mode": BlendMode.INTERPOLATE},
-           note=f"Seed values: alpha 1, text tokens only, {_INTERP}. Layers deeper than the VL model are refused "
-                "before anything runs (the tiny test model has 8)."),
+           fixed={"alpha": 1.0},
+           note=f"The seed's layers at alpha 1. {_REQUEST} Layers deeper than the VL model are refused before "
+                "anything runs (the tiny test model has 8)."),
     Preset("token", "token selections full, text, image, image_no_markers at alpha 1",
            axes={"tokens": (TokenMode.FULL, TokenMode.TEXT, TokenMode.IMAGE, TokenMode.IMAGE_NO_MARKERS)},
-           fixed={**_SEED_EARLY, "alpha": 1.0},
-           note=f"{_L8}, alpha 1, {_INTERP}."),
+           fixed={"alpha": 1.0},
+           note=f"The seed's token selections at alpha 1. {_REQUEST}"),
     Preset("normalization", "VL normalisation global, per_dim, hybrid (image tokens, alpha 1)",
            axes={"normalization": (Normalization.GLOBAL, Normalization.PER_DIM, Normalization.HYBRID)},
-           fixed={**_SEED_EARLY, "alpha": 1.0, "tokens": TokenMode.IMAGE},
-           note=f"{_L8}, image tokens, alpha 1, {_INTERP}."),
+           fixed={"alpha": 1.0, "tokens": TokenMode.IMAGE},
+           note=f"The seed's normalisations on image tokens at alpha 1. {_REQUEST}"),
     Preset("outlier", "outlier masking none, zero, clamp, scale (threshold 10, alpha 1)",
            axes={"outlier": (OutlierMode.NONE, OutlierMode.ZERO, OutlierMode.CLAMP, OutlierMode.SCALE)},
-           fixed={**_SEED_EARLY, "alpha": 1.0, "tokens": TokenMode.FULL, "outlier_threshold": 10.0},
-           note=f"{_L8}, full tokens, alpha 1, {_INTERP}. The direction comes from the request (default both); the "
-                "seed only tested over-dispersion, so its masking never fired."),
+           fixed={"alpha": 1.0, "tokens": TokenMode.FULL, "outlier_threshold": 10.0},
+           note=f"The seed's masking modes on full tokens at alpha 1. {_REQUEST} The direction comes from the "
+                "request (default both); the seed only tested over-dispersion, so its masking never fired."),
     Preset("full", "alpha 0.3/0.5/1 x layer -2/-8/-16 x tokens text/image, plus the baseline",
            axes={"alpha": (0.0, 0.3, 0.5, 1.0), "layer": (-2, -8, -16), "tokens": (TokenMode.TEXT, TokenMode.IMAGE)},
-           fixed={"blend_mode": BlendMode.INTERPOLATE},
-           note=f"Seed values, {_INTERP}: 18 VL cells + 1 baseline = 19 (within the default cap of 24 cells)."),
+           note="The seed's grid: 18 VL cells + 1 baseline = 19 (within the default cap of 24 cells). The blend mode "
+                "comes from the request (the seed used interpolate; add --modes interpolate to reproduce)."),
     Preset("vl_only_vs_qwen3", "pure Qwen3 text vs VL text tokens vs VL full sequence vs a 0.3 blend",
            variants=(
                ("VL text tokens, alpha=1", {"tokens": TokenMode.TEXT, "alpha": 1.0}),
@@ -382,7 +382,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
                ("blend full, alpha=0.3", {"tokens": TokenMode.FULL, "alpha": 0.3}),
            ),
            fixed={"hidden_layer": -6, "blend_mode": BlendMode.INTERPOLATE},
-           note=f"Seed values: layer -6, {_INTERP}; the pure Qwen3 image is the baseline cell."),
+           note="Seed values: layer -6, interpolate; the pure Qwen3 image is the baseline cell."),
     Preset("style_transfer", "img2img from the reference (strength 0.9), adain_per_dim, alpha 0.3 and 0.5",
            axes={"alpha": (0.3, 0.5)},
            fixed={**_SEED_LATE, "blend_mode": BlendMode.ADAIN_PER_DIM, "strength": 0.9},

@@ -73,13 +73,19 @@ def test_preset_plan(name):
     json.dumps(plan.record())
 
 
-def test_seed_preset_values_are_kept():
+def test_seed_presets_sweep_their_values_with_the_requests_other_settings():
+    """The seed's swept values are kept; the other settings are the request's (the seed's early runs used layer -8,
+    text-only tokens and interpolate, which carry almost no image information), and the note says how to
+    reproduce them."""
     alpha = plan_sweep(BASE, "alpha", {}, max_cells=64)
     assert [c.request.alpha for c in alpha.cells] == [0.0, 0.1, 0.3, 0.5, 0.7, 1.0]
-    assert {c.request.hidden_layer for c in alpha.cells if not c.baseline} == {-8}
-    assert {c.request.tokens for c in alpha.cells if not c.baseline} == {TokenMode.TEXT}
-    assert {c.request.blend_mode for c in alpha.cells if not c.baseline} == {BlendMode.INTERPOLATE}
-    assert "-8" in PRESETS["alpha"].note
+    vl_cells = [c.request for c in alpha.cells if not c.baseline]
+    assert {(r.hidden_layer, r.tokens, r.blend_mode) for r in vl_cells} == {
+        (BASE.hidden_layer, BASE.tokens, BASE.blend_mode)}
+    assert "--layers -8 --tokens text --modes interpolate" in PRESETS["alpha"].note
+    seedlike = plan_sweep(BASE, "alpha", {"layers": [-8], "tokens": ["text"], "modes": ["interpolate"]}, max_cells=64)
+    assert {(c.request.hidden_layer, c.request.tokens, c.request.blend_mode) for c in seedlike.cells
+            if not c.baseline} == {(-8, TokenMode.TEXT, BlendMode.INTERPOLATE)}
     layer = plan_sweep(BASE, "layer", {}, max_cells=64)
     assert [c.request.hidden_layer for c in layer.cells if not c.baseline] == [-2, -4, -8, -16, -24]
     st_ = plan_sweep(BASE, "style_transfer", {}, max_cells=64)
