@@ -109,7 +109,9 @@ class ReferenceStore:
         data = buf.getvalue()
         digest = hashlib.sha256(data).hexdigest()
         path = self.root / f"{digest}.png"
-        if not path.exists():
+        if path.exists():
+            os.utime(path)  # reused: its age for the retention clean-up (bot.retention) counts from now
+        else:
             self.root.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".png")
             try:

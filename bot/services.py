@@ -24,6 +24,7 @@ from bot.looplag import LoopLagMonitor
 from bot.notifier import Notifier
 from bot.references import ReferenceStore
 from bot.results import render_result
+from bot.retention import Retention
 from bot.store import Store
 from engine.cache import EmbeddingCache
 from engine.worker import EngineWorker
@@ -66,6 +67,12 @@ class Services:
     cooldowns: Cooldowns
     started_at: float
     loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
+    retention: Retention | None = None
+
+    def __post_init__(self) -> None:
+        if self.retention is None:
+            self.retention = Retention([self.settings.data_dir / "results", self.settings.data_dir / "references"],
+                                       self.settings.retention_days)
 
     @classmethod
     async def open(cls, bot: discord.Client, settings: Settings, pipeline_factory: PipelineFactory | None = None,
@@ -90,6 +97,7 @@ class Services:
     async def start(self) -> None:
         """Resume the jobs a restart interrupted, then start the worker."""
         self.loop_lag.start()
+        self.retention.start()
         await self.jobs.recover()
         await self.worker.start()
 
@@ -101,6 +109,7 @@ class Services:
             await self.notifier.close(grace_s=5.0)
         finally:
             await self.loop_lag.stop()
+            await self.retention.stop()
             await self.store.close()
         log.info("services closed")
 

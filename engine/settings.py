@@ -183,6 +183,8 @@ class Settings(BaseSettings):
     cooldown_s: float = Field(3.0, ge=0, description="per-user cooldown between generation commands")
     max_upload_bytes: int = Field(20 << 20, ge=1 << 20, description="largest reference attachment accepted")
     max_reference_pixels: int = Field(40_000_000, ge=1 << 16, description="largest decoded reference (bomb guard)")
+    retention_days: float = Field(30.0, ge=0, description="delete result images and stored references older than "
+                                  "this many days (0 = keep them forever)")
     cache_max_bytes: int = Field(2 << 30, ge=0, description="embedding cache budget on disk (LRU)")
     log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR")
 
