@@ -8,31 +8,25 @@ import logging
 import time
 from collections import deque
 
+from bot.background import BackgroundLoop
+
 log = logging.getLogger(__name__)
 
 
-class LoopLagMonitor:
+class LoopLagMonitor(BackgroundLoop):
     """Sleeps ``interval`` seconds in a loop and records how much later than asked each wake-up came.
 
     Keeps the last ``window`` samples; :meth:`snapshot` gives p50/p99/max in milliseconds. A sample above
     ``warn_s`` is logged (at most once a minute), since it means something blocked the event loop.
     """
 
+    name = "zvl-loop-lag"
+
     def __init__(self, interval: float = 0.1, window: int = 3000, warn_s: float = 0.25) -> None:
+        super().__init__()
         self.interval, self.warn_s = interval, warn_s
         self.samples: deque[float] = deque(maxlen=window)
-        self._task: asyncio.Task[None] | None = None
         self._last_warning = -float("inf")
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="zvl-loop-lag")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from bot.background import BackgroundLoop
+
 log = logging.getLogger(__name__)
 
 #: How often the periodic clean-up runs.
@@ -40,22 +42,18 @@ def remove_old_files(roots: Iterable[Path], max_age_s: float, now: float | None 
     return removed
 
 
-class Retention:
+class Retention(BackgroundLoop):
     """Runs :func:`remove_old_files` over ``roots`` at start-up and every :data:`INTERVAL_S` (off when days is 0)."""
 
+    name = "zvl-retention"
+
     def __init__(self, roots: list[Path], days: float, interval_s: float = INTERVAL_S) -> None:
+        super().__init__()
         self.roots, self.max_age_s, self.interval_s = roots, days * 86400.0, interval_s
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        if self.max_age_s > 0 and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="zvl-retention")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+    @property
+    def enabled(self) -> bool:
+        return self.max_age_s > 0
 
     async def _run(self) -> None:
         while True:

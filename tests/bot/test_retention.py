@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -45,3 +46,22 @@ async def test_a_reused_reference_counts_as_new(tmp_path: Path):
     again = await store.save(Image.new("RGB", (8, 8), (1, 2, 3)))
     assert again.path == first.path
     assert remove_old_files([tmp_path / "references"], 30 * DAY) == 0 and first.path.exists()
+
+
+async def test_retention_runs_at_start_and_is_off_at_zero_days(tmp_path: Path):
+    from bot.retention import Retention
+
+    old = _file(tmp_path / "results" / "j" / "0.png", 40)
+    off = Retention([tmp_path / "results"], 0)
+    off.start()
+    assert off._task is None
+    on = Retention([tmp_path / "results"], 30)
+    on.start()
+    try:
+        for _ in range(100):
+            if not old.exists():
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await on.stop()
+    assert not old.exists() and on._task is None
