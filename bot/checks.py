@@ -16,7 +16,6 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-
 if TYPE_CHECKING:  # pragma: no cover
     from bot.services import Services
 
