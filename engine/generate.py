@@ -14,7 +14,9 @@ What it fixes or pins relative to the seed (seed-behaviour §5, §6):
 * **Caption limit.** Every caption goes through :func:`engine.blending.fit_caption` (≤ 1504 rows; longer ones
   crash the DiT's RoPE lookup).
 * **Seeds.** One CPU ``torch.Generator`` per image, seeded with that image's seed: a batch with seeds ``(a, b)``
-  gives the same images as two single runs with ``a`` and ``b``, and seeds are portable across devices.
+  starts from exactly the noise of two single runs with ``a`` and ``b`` and gives the same images up to float32
+  reordering (other batch shapes may take other kernels; pixels can differ by a level or two, never by content),
+  and seeds are portable across devices.
 * **img2img determinism.** diffusers 0.42.1 ``ZImageImg2ImgPipeline.prepare_latents`` samples the VAE latent with
   ``retrieve_latents(vae.encode(image[i]), generator=generator[i])`` when given one generator per image, so passing
   the per-image generators and one copy of the reference per image makes img2img fully deterministic (the seed's

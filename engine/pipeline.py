@@ -555,9 +555,13 @@ class StylePipeline:
         """Several requests in one batched DiT call (all seeds of all requests); one result per request.
 
         The requests must agree on ``width, height, steps, strength, guidance_scale, shift`` (``ValueError``
-        otherwise). Each keeps its own caption, seeds, negative and (img2img) reference; a request's images equal
-        what :meth:`generate` gives it alone (one CPU generator per image). Timings of the shared denoise and decode
-        are the batch's.
+        otherwise). Each keeps its own caption, seeds, negative and (img2img) reference. Timings of the shared
+        denoise and decode are the batch's.
+
+        What batching promises: a request's images are the images :meth:`generate` gives it alone. Each image has
+        its own CPU generator, so its starting noise is exactly the same; the pixels agree up to float32 reordering
+        (another batch shape can take other CPU/GPU kernels, which torch does not promise to be bit-identical across
+        shapes, vendors or thread counts): a level or two, where another seed changes a pixel by ~40 on average.
         """
         if not requests:
             return []

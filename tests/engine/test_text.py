@@ -38,9 +38,10 @@ def test_default_unpadded_encoding_matches_pipeline(encoder, pipeline_embeds):
     for a, b in zip(ours, pipeline_embeds):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
-    # a prompt's embedding does not depend on its batch
+    # a prompt's embedding does not depend on its batch (up to float32 reordering: other batch shapes may take
+    # other kernels, so exact equality is not promised across them)
     alone = encoder.encode([PROMPTS[1]])[0]
-    assert torch.equal(alone, ours[1])
+    torch.testing.assert_close(alone, ours[1], atol=1e-5, rtol=1e-5)
 
 
 def test_layer_stop_runs_only_needed_layers(encoder):
