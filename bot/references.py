@@ -3,7 +3,8 @@
 Order (cheap first, so a bad file costs as little as possible):
 
 1. :meth:`ReferenceStore.check_declared` — the size and content type Discord declares, and the declared pixel size
-   when Discord gives one; no network, so it can run before the interaction is even deferred;
+   (its count and aspect ratio; a PNG/JPEG/GIF/WebP that Discord gave no size is no image it could read); no
+   network, so it runs before the interaction is even deferred;
 2. :meth:`ReferenceStore.fetch` — download (the declared size is re-checked on the bytes), then
    ``engine.images.load_reference`` in a thread (magic bytes vs. declared type, decoded-pixel limit before decoding,
    full decode, EXIF orientation, alpha/CMYK/16-bit/palette to RGB, first frame of an animation);
@@ -28,7 +29,7 @@ import discord
 from PIL import Image
 
 from bot.errors import UserError
-from engine.images import ReferenceImageError, load_reference, load_reference_path
+from engine.images import ReferenceImageError, check_reference_shape, load_reference, load_reference_path
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 MAX_SIDE = 2048
 
 _GENERIC_TYPES = ("", "application/octet-stream", "binary/octet-stream", "application/unknown")
+#: Types whose pixel size Discord reads and declares (``width``/``height``) on every attachment it can decode. One of
+#: these without a size is a file Discord could not read as an image (a text file named ``.png``, say): it is
+#: refused at once, before the public "thinking…". BMP and TIFF get no size from Discord, so they are decoded.
+_PROBED_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 
 
 @dataclass(frozen=True)
@@ -76,8 +81,19 @@ class ReferenceStore:
         if declared not in _GENERIC_TYPES and not declared.startswith("image/"):
             raise UserError(f"`{attachment.filename[:60]}` is not an image ({declared}); "
                             "attach a PNG, JPEG, GIF, WebP, BMP or TIFF.")
-        if attachment.width and attachment.height and attachment.width * attachment.height > self.max_pixels:
-            raise UserError(f"The reference image is too large when decoded: {attachment.width}×{attachment.height} "
+        if declared in _PROBED_TYPES and not (attachment.width and attachment.height):
+            raise UserError(f"`{attachment.filename[:60]}` is not an image Discord could read; "
+                            "attach a PNG, JPEG, GIF, WebP, BMP or TIFF.")
+        if attachment.width and attachment.height:
+            self._check_declared_size(attachment.width, attachment.height)
+
+    def _check_declared_size(self, width: int, height: int) -> None:
+        try:
+            check_reference_shape(width, height)
+        except ReferenceImageError as exc:
+            raise UserError(_sentence(str(exc))) from None
+        if width * height > self.max_pixels:
+            raise UserError(f"The reference image is too large when decoded: {width}×{height} "
                             f"pixels (the limit is {self.max_pixels / 1e6:.1f} megapixels).")
 
     async def fetch(self, attachment: discord.Attachment) -> Reference:

@@ -8,7 +8,8 @@ What :func:`load_reference` guarantees, in order:
 
 1. the byte size is within ``max_bytes`` (checked before anything is parsed);
 2. the magic bytes are one of PNG, JPEG, GIF, WebP, BMP, TIFF, and agree with ``declared_type`` when one is given;
-3. the pixel count read from the *header* is within ``max_pixels`` (checked before decoding; this check does not
+3. the size read from the *header* has pixels and an aspect ratio within :data:`MAX_ASPECT` (what Qwen3-VL can
+   read), and its pixel count is within ``max_pixels`` (checked before decoding; this check does not
    depend on ``PIL.Image.MAX_IMAGE_PIXELS``, and Pillow's own bomb error is reported the same way);
 4. the first frame decodes completely (truncated or corrupt data is refused, never half-decoded);
 5. the EXIF orientation is applied, and the colour mode is brought to 8-bit RGB: alpha is composited on white,
@@ -32,6 +33,8 @@ __all__ = [
     "ReferenceImageError",
     "FORMATS",
     "sniff_format",
+    "MAX_ASPECT",
+    "check_reference_shape",
     "load_reference",
     "load_reference_path",
     "to_rgb",
@@ -64,6 +67,12 @@ _TYPE_ALIASES = {
     "image/bmp": "bmp", "image/x-bmp": "bmp", "image/x-ms-bmp": "bmp",
     "image/tiff": "tiff", "image/tif": "tiff", "image/x-tiff": "tiff",
 }
+
+#: Longest side over shortest side that a reference may have. Qwen3-VL's processor refuses 200:1 and beyond
+#: ("absolute aspect ratio must be smaller than 200"), after the models have loaded; the token-budget resize and the
+#: processor's rounding to 32-pixel tokens move the ratio a little, so the limit keeps a wide margin. A strip
+#: thinner than 100:1 carries little style to read anyway.
+MAX_ASPECT = 100
 
 #: Text chunk holding the JSON record in PNGs written by :func:`png_with_metadata`.
 METADATA_KEY = "zvl"
@@ -139,8 +148,7 @@ def load_reference(data: bytes, *, max_bytes: int = 20 << 20, max_pixels: int = 
             raise ReferenceImageError(f"the reference image could not be read: not a valid {pil_format} file") from None
 
         width, height = im.size
-        if width < 1 or height < 1:
-            raise ReferenceImageError("the reference image has no pixels")
+        check_reference_shape(width, height)
         if width * height > max_pixels:
             raise ReferenceImageError(_too_many_pixels_message((width, height), max_pixels))
         try:
@@ -161,6 +169,20 @@ def load_reference(data: bytes, *, max_bytes: int = 20 << 20, max_pixels: int = 
     if im.width * im.height > max_pixels:  # cannot happen (transposing keeps the count); belt and braces
         raise ReferenceImageError(_too_many_pixels_message(im.size, max_pixels))
     return im
+
+
+def check_reference_shape(width: int, height: int) -> None:
+    """Refuse a reference with no pixels or one thinner than :data:`MAX_ASPECT` (:class:`ReferenceImageError`).
+
+    Cheap (a header or Discord's attachment metadata is enough), so callers run it before any model loads and
+    before a job is queued.
+    """
+    if width < 1 or height < 1:
+        raise ReferenceImageError("the reference image has no pixels")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise ReferenceImageError(
+            f"the reference image is {width}x{height} pixels, too thin to read: its long side may be at most "
+            f"{MAX_ASPECT} times its short side; crop it or send another image")
 
 
 def _too_many_pixels_message(size: tuple[int, int] | None, max_pixels: int) -> str:

@@ -54,6 +54,7 @@ from engine.generate import (
     check_steps,
     check_strength,
 )
+from engine.images import check_reference_shape
 from engine.loading import (
     check_vl_folder,
     check_zimage_folder,
@@ -319,6 +320,8 @@ class StylePipeline:
             raise ValueError(f"prompt must be a string; got {type(r.prompt).__name__}")
         if r.reference is not None and not isinstance(r.reference, Image.Image):
             raise ValueError(f"reference must be a PIL image or None; got {type(r.reference).__name__}")
+        if r.reference is not None:
+            check_reference_shape(*r.reference.size)  # before Qwen3-VL's processor refuses it, models loaded
         if not r.prompt.strip() and r.reference is None:
             raise ValueError("prompt must not be empty when there is no reference image")
         alpha = _finite(r.alpha, "alpha", low=0.0, high=1.0)

@@ -126,10 +126,15 @@ def truncated() -> bytes:
     (b"hello", "text/plain", {}, "is not an image", True),
     (png(), "image/png", {"width": 8000, "height": 8000}, "too large when decoded", True),
     (png(fmt="JPEG"), "image/png", {}, "claims to be image/png", False),
-    (bomb(), "image/png", {}, "too large when decoded", False),
-    (truncated(), "image/png", {}, "corrupt or truncated", False),
-    (b"", "image/png", {}, "empty", False),
+    (bomb(), "image/png", {}, "too large when decoded", True),  # Discord declares its 3000×3000
+    (bomb(), "image/png", {"width": 30, "height": 30}, "too large when decoded", False),  # declared size lies
+    (truncated(), "image/png", {}, "corrupt or truncated", False),  # its header still declares a size
+    (b"", "image/png", {}, "not an image Discord could read", True),
+    (b"These are my notes, not a picture.\n" * 20, "image/png", {}, "not an image Discord could read", True),
     (b"\x00\x01garbage" * 10, None, {}, "not a supported image", False),
+    (png((3000, 1)), "image/png", {}, "too thin to read", True),
+    (png((1, 202)), "image/png", {}, "too thin to read", True),
+    (png((404, 2), fmt="BMP"), "image/bmp", {}, "too thin to read", False),  # no declared size for a BMP
 ])
 async def test_bad_attachments_are_refused_privately(fake: FakeDiscord, tmp_path: Path, data: bytes,
                                                      ctype: str | None, extra: dict, expected: str,

@@ -72,6 +72,8 @@ def ref_png(tmp_path_factory) -> Path:
     (["stylize", "-i", "{bad}", "-p", "a cat", "-o", "out.png"], 2, "not a supported image"),
     (["stylize", "-i", "{bomb}", "-p", "a cat", "-o", "out.png"], 2, "too large when decoded"),
     (["stylize", "-i", "{dir}", "-p", "a cat", "-o", "out.png"], 2, "is a directory"),
+    (["stylize", "-i", "{thin}", "-p", "a cat", "-o", "out.png"], 2, "3000x1 pixels, too thin to read"),
+    (["sweep", "-i", "{thin}", "-p", "a cat", "--alphas", "0.2", "0.4"], 2, "too thin to read"),
     (["bogus-command"], 2, "invalid choice"),
 ])
 def test_error_exits_are_one_line(tmp_path, ref_png, args, code, needle):
@@ -84,7 +86,9 @@ def test_error_exits_are_one_line(tmp_path, ref_png, args, code, needle):
     ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
     chunk = lambda k, b: struct.pack(">I", len(b)) + k + b + struct.pack(">I", zlib.crc32(k + b))  # noqa: E731
     bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
-    subs = {"{ref}": str(ref_png), "{bad}": str(bad), "{bomb}": str(bomb), "{dir}": str(tmp_path)}
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (3000, 1), (10, 200, 30)).save(thin)
+    subs = {"{ref}": str(ref_png), "{bad}": str(bad), "{bomb}": str(bomb), "{dir}": str(tmp_path), "{thin}": str(thin)}
     args = [subs.get(a, a) for a in args]
     t0 = time.perf_counter()
     proc = _engine(tmp_path, *args, timeout=120)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from engine.images import (
     ReferenceImageError,
+    check_reference_shape,
     encode_for_upload,
     load_reference,
     load_reference_path,
@@ -178,6 +179,21 @@ def test_pixel_limit_is_ours_not_pillows():
         load_reference(_png_header_only(8000, 8000), max_pixels=40_000_000)
     with pytest.raises(ReferenceImageError, match="too large when decoded"):
         load_reference(_save(Image.new("RGB", (100, 100)), "PNG"), max_pixels=5000)
+
+
+@pytest.mark.parametrize("size", [(3000, 1), (1, 3000), (202, 2), (2, 101 * 2 + 1)])
+def test_too_thin_is_refused_from_the_header(size):
+    """Beyond 100:1 (Qwen3-VL's processor refuses 200:1, after the models loaded): refused from the header alone."""
+    with pytest.raises(ReferenceImageError, match=rf"{size[0]}x{size[1]} pixels, too thin to read"):
+        load_reference(_png_header_only(*size))
+    with pytest.raises(ReferenceImageError, match="too thin"):
+        check_reference_shape(*size)
+
+
+@pytest.mark.parametrize("size", [(100, 1), (1, 100), (200, 2), (3000, 30), (64, 48)])
+def test_up_to_one_hundred_to_one_is_accepted(size):
+    assert load_reference(_save(Image.new("RGB", size, (9, 99, 199)), "PNG")).size == size
+    check_reference_shape(*size)
 
 
 def test_byte_limit():

@@ -306,3 +306,21 @@ def test_compile_and_fp8_settings_reach_the_dit_on_every_build(tiny_models, monk
     plain = StylePipeline.from_pretrained(tiny_models.zimage, device="cpu", dtype="float32")
     plain.load("dit")
     assert len(calls) == 2 and plain.generator.on_build is None  # both off: nothing runs
+
+
+@pytest.mark.parametrize("size", [(1600, 16), (16, 1600), (100, 1)])
+def test_the_thinnest_accepted_reference_reaches_the_dit(pipe, size):
+    """100:1, the limit engine.images keeps, passes Qwen3-VL's real processor (it refuses 200:1) at the token budget
+    and without it."""
+    req = StylizeRequest(prompt="a fox", reference=_ref(*size), alpha=0.5, **SMALL)
+    assert pipe(req).images[0].size == (32, 32)
+    for budget in (4, 1024) if min(size) >= 16 else (1024,):  # the budget resize keeps the aspect; the processor
+        # takes what comes out of it (a 1-pixel side is scaled up to the processor's minimum, whatever the budget)
+        inputs, capped = pipe.vl_extractor.build_inputs(req.reference, "a fox", max_image_tokens=budget)
+        assert int(inputs["image_grid_thw"].prod()) // 4 <= budget
+
+
+def test_a_thinner_reference_is_refused_before_any_model_runs(pipe):
+    req = StylizeRequest(prompt="a fox", reference=_ref(3000, 1), alpha=0.5, **SMALL)
+    with pytest.raises(ValueError, match="3000x1 pixels, too thin to read"):
+        pipe.check_inputs(req)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import mimetypes
 from typing import Any
+
+from PIL import Image
 
 from . import payloads
 from .rules import DiscordError, Limits, unknown
@@ -151,6 +154,8 @@ class World:
         if not self.base_url:
             raise RuntimeError("start the fake before adding attachments (their URLs need its port)")
         ctype = content_type or mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        if extra.get("width") is None and extra.get("height") is None:
+            extra.update(zip(("width", "height"), probe_size(data)))
         attachment_id = self.ids.next()
         self.cdn[attachment_id] = CdnBlob(filename, ctype, bytes(data))
         url = f"{self.base_url}/cdn/attachments/{channel_id}/{attachment_id}/{filename}"
@@ -244,3 +249,17 @@ class World:
 
     def token_expired(self, record: InteractionRecord) -> bool:
         return self.clock.now() - record.created_at > self.token_lifetime
+
+
+#: Formats whose pixel size Discord reads from an upload and declares as the attachment's ``width``/``height``.
+PROBED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP")
+
+
+def probe_size(data: bytes) -> tuple[int | None, int | None]:
+    """What Discord declares for an uploaded file: the pixel size read from the header of a PNG, JPEG, GIF or WebP
+    (a truncated file still has its header), ``(None, None)`` for anything else."""
+    try:
+        with Image.open(io.BytesIO(data), formats=list(PROBED_FORMATS)) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - not an image Discord could read
+        return None, None
