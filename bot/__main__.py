@@ -7,7 +7,8 @@
 
 Settings come from these flags, then ``ZVL_*`` environment variables / ``.env``, then the TOML profile. A missing
 token, a bad setting or a missing model folder is one line on stderr and exit status 2. SIGINT / SIGTERM stop the
-bot cleanly: the worker drains (jobs it can't finish stay queued in the database), then the database closes.
+bot cleanly: the worker drains (jobs it can't finish stay queued in the database), then the database closes,
+and the process exits even while discord.py is waiting to reconnect to an unreachable Discord.
 """
 
 from __future__ import annotations
@@ -122,27 +123,52 @@ async def _serve(settings: Any, token: str) -> int:
     from bot.store import MigrationError
 
     bot = create_bot(settings)
+    async with bot:
+        # start() runs as a task so that a stop can cancel it: in its reconnect back-off (up to ~300 s while
+        # Discord is down) discord.py only looks at is_closed() after the sleep, so close() alone does not end it.
+        running = asyncio.ensure_future(bot.start(token))
+        stopping = _stop_on_signals(bot, running)
+        try:
+            await running
+        except asyncio.CancelledError:
+            if not (stopping and running.cancelled()) or _current_task_cancelling():
+                raise  # not the cancel a stop asked for
+        except discord.LoginFailure:
+            return _fail("Discord refused the token (ZVL_DISCORD_TOKEN): check it in the developer portal")
+        except MigrationError as exc:
+            return _fail(str(exc))
+        finally:
+            if stopping:
+                await asyncio.gather(*stopping, return_exceptions=True)
+    return 0
+
+
+def _stop_on_signals(bot: Any, running: asyncio.Future[None]) -> list[asyncio.Task[None]]:
+    """On the first SIGINT / SIGTERM: close the bot, then cancel ``running`` (its ``start()``). Returns the list
+    that then holds the stopping task."""
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
+
+    async def shutdown() -> None:
+        try:
+            await bot.close()  # the worker drains and the database closes while start() still runs
+        finally:
+            running.cancel()  # whatever discord.py is waiting on; a no-op when start() has already returned
 
     def stop(signame: str) -> None:
         if not stopping:
             log.info("%s received: stopping", signame)
-            stopping.append(loop.create_task(bot.close()))
+            stopping.append(loop.create_task(shutdown()))
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop, sig.name)
-    try:
-        async with bot:
-            await bot.start(token)
-    except discord.LoginFailure:
-        return _fail("Discord refused the token (ZVL_DISCORD_TOKEN): check it in the developer portal")
-    except MigrationError as exc:
-        return _fail(str(exc))
-    finally:
-        if stopping:
-            await asyncio.gather(*stopping, return_exceptions=True)
-    return 0
+    return stopping
+
+
+def _current_task_cancelling() -> bool:
+    """Whether this task itself is being cancelled (then a CancelledError is not ours to swallow)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 if __name__ == "__main__":
