@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -156,6 +157,29 @@ def vl_num_layers(path: Path) -> int:
     cfg = check_vl_folder(path)
     text = cfg.get("text_config", cfg)
     return int(text["num_hidden_layers"])
+
+
+def processor_pixel_bounds(image_processor: Any) -> tuple[int, int | None, int | None]:
+    """``(pixels per token side, min pixels, max pixels)`` of a Qwen-VL image processor.
+
+    One image token covers ``patch_size * merge_size`` pixels on each side (32 for Qwen3-VL); the processor scales
+    every image into ``[min, max]`` pixels (``size.shortest_edge`` / ``longest_edge``, or ``min_pixels`` /
+    ``max_pixels`` in older configs); ``None`` where it sets no bound.
+    """
+    ip = image_processor
+    factor = int(getattr(ip, "patch_size", 16)) * int(getattr(ip, "merge_size", 2))
+    size = getattr(ip, "size", None) or {}
+    get = size.get if isinstance(size, dict) else (lambda k, d=None: getattr(size, k, d))
+    lo = get("shortest_edge", None) or getattr(ip, "min_pixels", None)
+    hi = get("longest_edge", None) or getattr(ip, "max_pixels", None)
+    return factor, lo, hi
+
+
+def vl_min_image_tokens(path: Path) -> int:
+    """The fewest image tokens the Qwen3-VL processor in ``path`` gives any image (64 for Qwen3-VL-4B): it scales
+    every image up to its minimum pixel count, so a token budget below this can never be met."""
+    factor, lo, _hi = processor_pixel_bounds(load_vl_processor(path).image_processor)
+    return max(1, math.ceil((lo or 0) / (factor * factor)))
 
 
 def load_vl_processor(path: Path) -> Qwen3VLImageOnlyProcessor:

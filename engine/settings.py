@@ -289,6 +289,18 @@ def check_model_folders(settings: Settings) -> None:
         if depth and -settings.hidden_layer > depth:
             raise SettingsError(f"invalid setting hidden_layer (ZVL_HIDDEN_LAYER): {settings.hidden_layer} is beyond "
                                 f"the depth of {settings.vl_path} ({depth} layers; use -1 .. -{depth})")
+        _check_image_token_budget(settings)
+
+
+def _check_image_token_budget(settings: Settings) -> None:
+    """The budget must be one the processor can meet: it never gives an image fewer tokens than its minimum."""
+    from engine.loading import vl_min_image_tokens
+
+    least = vl_min_image_tokens(settings.vl_path)
+    if settings.vl_max_image_tokens < least:
+        raise SettingsError(f"invalid setting vl_max_image_tokens (ZVL_VL_MAX_IMAGE_TOKENS): the Qwen3-VL processor "
+                            f"in {settings.vl_path} gives every image at least {least} tokens; got "
+                            f"{settings.vl_max_image_tokens}")
 
 
 def resolve_demo(settings: Settings, notify=print) -> Settings:

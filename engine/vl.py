@@ -58,6 +58,7 @@ from engine.loading import (
     load_vl_processor,
     model_loading,
     parse_dtype,
+    processor_pixel_bounds,
     resolve_device,
 )
 from engine.text import forward_to_layers
@@ -337,13 +338,7 @@ class VLExtractor:
         return n
 
     def _pixel_bounds(self) -> tuple[int, int | None, int | None]:
-        ip = self.processor.image_processor
-        factor = int(getattr(ip, "patch_size", 16)) * int(getattr(ip, "merge_size", 2))
-        size = getattr(ip, "size", None) or {}
-        get = size.get if isinstance(size, dict) else (lambda k, d=None: getattr(size, k, d))
-        lo = get("shortest_edge", None) or getattr(ip, "min_pixels", None)
-        hi = get("longest_edge", None) or getattr(ip, "max_pixels", None)
-        return factor, lo, hi
+        return processor_pixel_bounds(self.processor.image_processor)
 
     def cap_image(self, image: Image.Image, max_image_tokens: int | None = None) -> Image.Image:
         """``image`` as RGB, LANCZOS-resized (aspect kept) when the processor would give it more tokens than allowed.

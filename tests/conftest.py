@@ -34,3 +34,19 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     root = tmp_path_factory.mktemp("tiny-models")
     paths = make_tiny(root)
     return TinyModels(root=root, zimage=paths["zimage"], qwen3vl=paths["qwen3vl"])
+
+
+@pytest.fixture(scope="session")
+def vl_with_real_minimum(tiny_models: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Qwen3-VL folder with Qwen3-VL-4B's real processor bounds (its hub ``preprocessor_config.json``:
+    ``size.shortest_edge`` 65536 pixels, so every image gets at least 64 tokens of 32×32 px)."""
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("vl-real-minimum") / "qwen3vl"
+    shutil.copytree(tiny_models.qwen3vl, folder)
+    config_path = folder / "processor_config.json"
+    config = json.loads(config_path.read_text())
+    config["image_processor"]["size"] = {"shortest_edge": 65536, "longest_edge": 16777216}
+    config_path.write_text(json.dumps(config, indent=2))
+    return folder

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from engine.settings import Settings, SettingsError, check_model_folders, load_settings, resolve_demo
 from engine.types import BlendMode, TokenMode
@@ -144,6 +145,22 @@ def test_layer_beyond_model_depth_fails_at_startup(tiny_models):
     bad = ok.model_copy(update={"hidden_layer": -9})
     with pytest.raises(SettingsError, match=r"hidden_layer \(ZVL_HIDDEN_LAYER\): -9 is beyond the depth .*8 layers"):
         check_model_folders(bad)
+
+
+def test_image_token_budget_below_the_processors_minimum_fails_at_startup(tiny_models, vl_with_real_minimum):
+    """Qwen3-VL-4B's processor never gives an image fewer than 64 tokens: a smaller budget fails at start-up,
+    naming the setting, instead of at the first extraction."""
+    from engine.loading import load_vl_processor
+
+    processor = load_vl_processor(vl_with_real_minimum)  # the real processor, on the smallest image there is
+    grid = processor.image_processor(images=[Image.new("RGB", (1, 1))], return_tensors="pt")["image_grid_thw"]
+    assert int(grid.prod()) // 4 == 64
+    ok = load_settings({"zimage_path": tiny_models.zimage, "vl_path": vl_with_real_minimum,
+                        "vl_max_image_tokens": 64})
+    check_model_folders(ok)
+    with pytest.raises(SettingsError, match=r"vl_max_image_tokens \(ZVL_VL_MAX_IMAGE_TOKENS\): .* at least 64 "
+                                            r"tokens; got 63"):
+        check_model_folders(ok.model_copy(update={"vl_max_image_tokens": 63}))
 
 
 def test_demo_builds_tiny_models_and_says_so_loudly(tmp_path: Path):

@@ -53,6 +53,16 @@ def test_missing_model_folder_is_one_line_exit_2(monkeypatch: pytest.MonkeyPatch
     assert "zimage_path" in err and "secret-token-value" not in err
 
 
+def test_image_token_budget_below_the_processor_minimum_is_one_line_exit_2(
+        monkeypatch: pytest.MonkeyPatch, tiny_models, vl_with_real_minimum, capsys: pytest.CaptureFixture[str]) -> None:
+    """`vl_max_image_tokens` under the processor's 64 is refused with the other settings, not at the first job."""
+    monkeypatch.setenv("ZVL_DISCORD_TOKEN", "x")
+    monkeypatch.setenv("ZVL_VL_MAX_IMAGE_TOKENS", "16")
+    assert main(["--zimage-path", str(tiny_models.zimage), "--vl-path", str(vl_with_real_minimum)]) == 2
+    err = one_line_error(capsys)
+    assert "vl_max_image_tokens" in err and "at least 64" in err and "got 16" in err
+
+
 def test_migrate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`migrate --db PATH` creates the schema; a second run is up to date."""
     db = tmp_path / "x.sqlite3"

@@ -99,6 +99,16 @@ def test_error_exits_are_one_line(tmp_path, ref_png, args, code, needle):
     assert not (tmp_path / "out.png").exists()
 
 
+def test_image_token_budget_below_the_processor_minimum_is_one_line(tmp_path, tiny_models, vl_with_real_minimum,
+                                                                     ref_png):
+    proc = _engine(tmp_path, "stylize", "-i", str(ref_png), "-p", "a cat", "-o", "out.png", "--model-path",
+                   str(tiny_models.zimage), "--vl-model-path", str(vl_with_real_minimum), "--vl-max-image-tokens", "16")
+    assert proc.returncode == 2, proc.stderr
+    line = _one_error_line(proc)
+    assert "vl_max_image_tokens" in line and "at least 64 tokens; got 16" in line
+    assert not (tmp_path / "out.png").exists()
+
+
 def test_main_in_process_returns_codes(capsys, tmp_path):
     assert main(["stylize", "-i", str(tmp_path / "x.png"), "-p", "p", "-o", str(tmp_path / "o.png")]) == 2
     err = capsys.readouterr().err
