@@ -307,8 +307,8 @@ class Generator:
 
         ``prompt_embeds``: one ``[L, D]`` tensor (used for every seed) or one per seed. ``image`` + ``strength``
         (``engine.limits.LIMITS["strength"]``) run img2img from ``image`` (both must be given; one image for all
-        seeds, or one per seed). ``negative_prompt_embeds`` (CFG only): one per seed or one for all; default: the empty prompt encoded at
-        ``negative_layer``/``negative_think`` by the attached text encoder. Raises ``ValueError`` naming the
+        seeds, or one per seed). ``negative_prompt_embeds`` (CFG only): one per seed or one for all; default: the
+        empty prompt encoded at ``negative_layer``/``negative_think`` by the attached text encoder. Raises ``ValueError`` naming the
         parameter, and :class:`Cancelled` when ``should_abort()`` turns true.
         """
         seeds = check_seeds(seeds)
