@@ -134,6 +134,7 @@ Strength = app_commands.Transform[float, Bounded("strength")]
 Prompt = app_commands.Transform[str, Bounded("prompt")]
 Size = app_commands.Transform[str, OneOf("size", SIZE_CHOICES)]
 BlendModeName = app_commands.Transform[str, OneOf("blend_mode", BLEND_MODE_CHOICES)]
+ModeName = app_commands.Transform[str, OneOf("mode", BLEND_MODE_CHOICES)]  # /blendmode set|info call it "mode"
 TokensName = app_commands.Transform[str, OneOf("tokens", TOKEN_CHOICES)]
 SweepPresetName = app_commands.Transform[str, OneOf("preset", SWEEP_PRESET_CHOICES)]
 ResetName = app_commands.Transform[str, OneOf("setting", RESET_CHOICES)]

@@ -12,7 +12,7 @@ from bot.store import JobKind
 from bot.ui.embeds import info_embed, modes_embed, settings_lines
 from cogs._options import (
     DESCRIBE,
-    BlendModeName,
+    ModeName,
     Modes,
     Prompt,
     Seed,
@@ -33,14 +33,14 @@ class BlendModes(commands.GroupCog, group_name="blendmode",
 
     @app_commands.command(name="set", description="Use this blend mode by default for your images")
     @app_commands.describe(mode="The blend mode to use when you don't pick one")
-    async def set_mode(self, interaction: discord.Interaction, mode: BlendModeName) -> None:
+    async def set_mode(self, interaction: discord.Interaction, mode: ModeName) -> None:
         saved = await services_of(interaction).store.defaults.set(interaction.user.id, {"blend_mode": mode})
         await interaction.response.send_message(embed=info_embed("Your defaults", settings_lines(saved)),
                                                 ephemeral=True)
 
     @app_commands.command(name="info", description="What each blend mode does, in plain words")
     @app_commands.describe(mode="One mode (default: all of them)")
-    async def info(self, interaction: discord.Interaction, mode: BlendModeName | None = None) -> None:
+    async def info(self, interaction: discord.Interaction, mode: ModeName | None = None) -> None:
         embed = modes_embed(mode)
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
