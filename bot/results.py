@@ -15,6 +15,7 @@ from typing import Any
 import discord
 
 from bot.params import describe_layer
+from bot.text import display_text
 from bot.ui.buttons import result_view
 from bot.ui.embeds import params_json, result_embed, sweep_embed
 from engine.grid import fit_grid_for_upload, make_sweep_grid
@@ -84,7 +85,7 @@ def _encode_grid(job: Job, outcome: JobOutcome, limit: int) -> tuple[str, bytes]
     images = [res.images[0] if res is not None and res.images else None for res in outcome.results]
     images += [None] * (len(plan.cells) - len(images))
     grid = make_sweep_grid(plan, images, reference=reference.image if reference else None,
-                           title=job.requests[0].prompt or None, subtitle=_subtitle(job))
+                           title=display_text(job.requests[0].prompt, one_line=True) or None, subtitle=_subtitle(job))
     record = {"job_id": job.id, **plan.record()}
     data, name, _ctype = fit_grid_for_upload(grid, record, limit, stem=f"zvl-sweep-{job.id[:8]}")
     return name, data

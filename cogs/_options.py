@@ -12,14 +12,12 @@ from discord import app_commands
 from bot.checks import services_of
 from bot.errors import UserError
 from bot.params import BLEND_MODES, RESETTABLE, SIZES, check_axis_values, sweep_presets
+from engine.limits import LIMITS
 
-StyleWeight = app_commands.Range[int, 0, 1000]
-Steps = app_commands.Range[int, 1, 50]
-Layer = app_commands.Range[int, -64, -1]
-Seed = app_commands.Range[int, 0, 2**32 - 1]
-Strength = app_commands.Range[float, 0.05, 1.0]
-Prompt = app_commands.Range[str, 1, 1500]
-PresetName = app_commands.Range[str, 1, 32]
+_OPTION_TYPES = {int: discord.AppCommandOptionType.integer, float: discord.AppCommandOptionType.number,
+                 str: discord.AppCommandOptionType.string}
+
+PresetName = app_commands.Range[str, 1, 32]  # the store checks the name itself (InvalidPresetName)
 
 BLEND_MODE_CHOICES = [app_commands.Choice(name=f"{mode.value}: {short}"[:100], value=mode.value)
                       for mode, (short, _long) in BLEND_MODES.items()]
@@ -72,6 +70,74 @@ class AxisValues(app_commands.Transformer):
         except ValueError as exc:
             raise UserError(f"Bad value list: {exc}") from None
 
+
+class Bounded(app_commands.Transformer):
+    """A number (or text) option within ``engine.limits.LIMITS[key]``: the range is declared to Discord, and what
+    arrives is checked too, because ``Range`` only declares it and a client can send anything. Transformers run
+    after the command's checks but before its body, so a refused value queues nothing and spends no cooldown."""
+
+    def __init__(self, key: str, option_type: type | None = None) -> None:
+        self.bound = LIMITS[key]
+        self._type = _OPTION_TYPES[option_type or self.bound.kind]
+
+    @property
+    def type(self) -> discord.AppCommandOptionType:
+        return self._type
+
+    @property
+    def min_value(self) -> int | float:
+        return _declared(self.bound.lo)
+
+    @property
+    def max_value(self) -> int | float:
+        return _declared(self.bound.hi)
+
+    async def transform(self, interaction: discord.Interaction, value: object) -> object:
+        try:
+            return self.bound.check(value, f"`{self.bound.name}`")
+        except ValueError as exc:
+            raise UserError(f"{exc}.") from None
+
+
+def _declared(limit: float) -> int | float:
+    """Whole limits as ``int`` (Discord shows ``100``, not ``100.0``)."""
+    return int(limit) if float(limit).is_integer() else limit
+
+
+class OneOf(app_commands.Transformer):
+    """A text option with fixed choices; anything else (a client can send it) is a clear error naming the option."""
+
+    def __init__(self, option: str, choices: list[app_commands.Choice[str]]) -> None:
+        self.option, self._choices = option, choices
+
+    @property
+    def type(self) -> discord.AppCommandOptionType:
+        return discord.AppCommandOptionType.string
+
+    @property
+    def choices(self) -> list[app_commands.Choice[str]]:
+        return self._choices
+
+    async def transform(self, interaction: discord.Interaction, value: object) -> str:
+        allowed = [c.value for c in self._choices]
+        if value not in allowed:
+            shown = str(value)[:40]
+            raise UserError(f"`{self.option}` must be one of {', '.join(allowed)}; got {shown!r}.")
+        return str(value)
+
+
+StyleWeight = app_commands.Transform[float, Bounded("style_weight", int)]
+Steps = app_commands.Transform[int, Bounded("steps")]
+Layer = app_commands.Transform[int, Bounded("layer")]
+Seed = app_commands.Transform[int, Bounded("seed")]
+Strength = app_commands.Transform[float, Bounded("strength")]
+Prompt = app_commands.Transform[str, Bounded("prompt")]
+Size = app_commands.Transform[str, OneOf("size", SIZE_CHOICES)]
+BlendModeName = app_commands.Transform[str, OneOf("blend_mode", BLEND_MODE_CHOICES)]
+ModeName = app_commands.Transform[str, OneOf("mode", BLEND_MODE_CHOICES)]  # /blendmode set|info call it "mode"
+TokensName = app_commands.Transform[str, OneOf("tokens", TOKEN_CHOICES)]
+SweepPresetName = app_commands.Transform[str, OneOf("preset", SWEEP_PRESET_CHOICES)]
+ResetName = app_commands.Transform[str, OneOf("setting", RESET_CHOICES)]
 
 Alphas = app_commands.Transform[str, AxisValues("alphas")]
 Layers = app_commands.Transform[str, AxisValues("layers")]

@@ -11,15 +11,15 @@ from bot.errors import UserError
 from bot.params import RESET_KEYS, GenerationOptions, effective_settings
 from bot.ui.embeds import info_embed, settings_lines
 from cogs._options import (
-    BLEND_MODE_CHOICES,
     DESCRIBE,
-    RESET_CHOICES,
-    SIZE_CHOICES,
-    TOKEN_CHOICES,
+    BlendModeName,
     Layer,
+    ResetName,
     Seed,
+    Size,
     Steps,
     StyleWeight,
+    TokensName,
 )
 
 SHOWN = ("style_weight", "blend_mode", "layer", "tokens", "steps", "width", "height", "seed", "private")
@@ -45,10 +45,10 @@ class Defaults(commands.GroupCog, group_name="defaults", group_description="Your
     @app_commands.describe(**{k: DESCRIBE[k] for k in ("style_weight", "blend_mode", "layer", "tokens", "seed",
                                                        "steps", "size")},
                            private="Make your results private by default")
-    @app_commands.choices(blend_mode=BLEND_MODE_CHOICES, tokens=TOKEN_CHOICES, size=SIZE_CHOICES)
     async def set_defaults(self, interaction: discord.Interaction, style_weight: StyleWeight | None = None,
-                           blend_mode: str | None = None, layer: Layer | None = None, tokens: str | None = None,
-                           seed: Seed | None = None, steps: Steps | None = None, size: str | None = None,
+                           blend_mode: BlendModeName | None = None, layer: Layer | None = None,
+                           tokens: TokensName | None = None,
+                           seed: Seed | None = None, steps: Steps | None = None, size: Size | None = None,
                            private: bool | None = None) -> None:
         changes = GenerationOptions(style_weight=style_weight, blend_mode=blend_mode, layer=layer, tokens=tokens,
                                     seed=seed, steps=steps, size=size, private=private).request_layer()
@@ -63,8 +63,7 @@ class Defaults(commands.GroupCog, group_name="defaults", group_description="Your
 
     @app_commands.command(name="reset", description="Forget one of your defaults, or all of them")
     @app_commands.describe(setting="The setting to forget (default: all)")
-    @app_commands.choices(setting=RESET_CHOICES)
-    async def reset(self, interaction: discord.Interaction, setting: str | None = None) -> None:
+    async def reset(self, interaction: discord.Interaction, setting: ResetName | None = None) -> None:
         keys = None if setting is None else RESET_KEYS.get(setting, [setting])
         left = await services_of(interaction).store.defaults.reset(interaction.user.id, keys)
         title = "All your defaults are reset" if setting is None else f"Reset {setting}"

@@ -14,16 +14,16 @@ from bot.errors import UserError
 from bot.params import GenerationOptions, defaults_from
 from bot.ui.embeds import info_embed, settings_lines
 from cogs._options import (
-    BLEND_MODE_CHOICES,
     DESCRIBE,
-    SIZE_CHOICES,
-    TOKEN_CHOICES,
+    BlendModeName,
     Layer,
     PresetName,
     Prompt,
     Seed,
+    Size,
     Steps,
     StyleWeight,
+    TokensName,
     preset_autocomplete,
 )
 
@@ -41,11 +41,11 @@ class Presets(commands.GroupCog, group_name="preset", group_description="Server 
                            overwrite="Replace a preset of the same name",
                            **{k: DESCRIBE[k] for k in ("style_weight", "blend_mode", "layer", "tokens", "steps",
                                                        "size")})
-    @app_commands.choices(blend_mode=BLEND_MODE_CHOICES, tokens=TOKEN_CHOICES, size=SIZE_CHOICES)
     @manage_guild()
     async def save(self, interaction: discord.Interaction, name: PresetName, style_weight: StyleWeight | None = None,
-                   blend_mode: str | None = None, layer: Layer | None = None, tokens: str | None = None,
-                   steps: Steps | None = None, size: str | None = None, overwrite: bool = False) -> None:
+                   blend_mode: BlendModeName | None = None, layer: Layer | None = None,
+                   tokens: TokensName | None = None,
+                   steps: Steps | None = None, size: Size | None = None, overwrite: bool = False) -> None:
         services = services_of(interaction)
         params = GenerationOptions(style_weight=style_weight, blend_mode=blend_mode, layer=layer, tokens=tokens,
                                    steps=steps, size=size).request_layer()

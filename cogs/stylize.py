@@ -9,16 +9,16 @@ from discord.ext import commands
 from bot.checks import generation_cooldown, services_of
 from bot.params import GenerationOptions
 from cogs._options import (
-    BLEND_MODE_CHOICES,
     DESCRIBE,
-    SIZE_CHOICES,
-    TOKEN_CHOICES,
+    BlendModeName,
     Layer,
     Prompt,
     Seed,
+    Size,
     Steps,
     Strength,
     StyleWeight,
+    TokensName,
     preset_autocomplete,
 )
 
@@ -31,15 +31,14 @@ class Stylize(commands.Cog):
 
     @app_commands.command(name="stylize", description="Make an image in the style of a reference image")
     @app_commands.describe(**DESCRIBE)
-    @app_commands.choices(blend_mode=BLEND_MODE_CHOICES, tokens=TOKEN_CHOICES, size=SIZE_CHOICES)
     @app_commands.autocomplete(preset=preset_autocomplete)
     @app_commands.guild_only()
     @app_commands.checks.bot_has_permissions(attach_files=True, embed_links=True)
     @generation_cooldown()
     async def stylize(self, interaction: discord.Interaction, image: discord.Attachment, prompt: Prompt | None = None,
-                      style_weight: StyleWeight | None = None, blend_mode: str | None = None,
-                      layer: Layer | None = None, tokens: str | None = None, seed: Seed | None = None,
-                      steps: Steps | None = None, size: str | None = None, strength: Strength | None = None,
+                      style_weight: StyleWeight | None = None, blend_mode: BlendModeName | None = None,
+                      layer: Layer | None = None, tokens: TokensName | None = None, seed: Seed | None = None,
+                      steps: Steps | None = None, size: Size | None = None, strength: Strength | None = None,
                       preset: str | None = None, private: bool | None = None) -> None:
         options = GenerationOptions(prompt=prompt or "", style_weight=style_weight, blend_mode=blend_mode,
                                     layer=layer, tokens=tokens, seed=seed, steps=steps, size=size, strength=strength,

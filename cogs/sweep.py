@@ -10,22 +10,22 @@ from bot.checks import generation_cooldown, services_of
 from bot.errors import UserError
 from bot.params import GenerationOptions
 from cogs._options import (
-    BLEND_MODE_CHOICES,
     DESCRIBE,
-    SIZE_CHOICES,
-    SWEEP_PRESET_CHOICES,
     Alphas,
+    BlendModeName,
     Layers,
     Modes,
     Normalizations,
     Outliers,
-    Seeds,
-    Strengths,
-    TokenModes,
     Prompt,
     Seed,
+    Seeds,
+    Size,
     Steps,
+    Strengths,
     StyleWeight,
+    SweepPresetName,
+    TokenModes,
 )
 
 #: Value-list options and the sweep axis each one sets.
@@ -53,11 +53,11 @@ class Sweep(commands.Cog):
         **{k: DESCRIBE[k] for k in ("image", "prompt", "style_weight", "blend_mode", "seed", "steps", "size",
                                     "private")},
     )
-    @app_commands.choices(preset=SWEEP_PRESET_CHOICES, blend_mode=BLEND_MODE_CHOICES, size=SIZE_CHOICES)
     @app_commands.guild_only()
     @app_commands.checks.bot_has_permissions(attach_files=True, embed_links=True)
     @generation_cooldown()
-    async def sweep(self, interaction: discord.Interaction, image: discord.Attachment, preset: str | None = None,
+    async def sweep(self, interaction: discord.Interaction, image: discord.Attachment,
+                    preset: SweepPresetName | None = None,
                     prompt: Prompt | None = None,
                     alphas: Alphas | None = None,
                     layers: Layers | None = None,
@@ -67,8 +67,8 @@ class Sweep(commands.Cog):
                     outliers: Outliers | None = None,
                     strengths: Strengths | None = None,
                     seeds: Seeds | None = None,
-                    style_weight: StyleWeight | None = None, blend_mode: str | None = None,
-                    seed: Seed | None = None, steps: Steps | None = None, size: str | None = None,
+                    style_weight: StyleWeight | None = None, blend_mode: BlendModeName | None = None,
+                    seed: Seed | None = None, steps: Steps | None = None, size: Size | None = None,
                     private: bool | None = None) -> None:
         given = {"alphas": alphas, "layers": layers, "modes": modes, "token_modes": token_modes,
                  "normalizations": normalizations, "outliers": outliers, "strengths": strengths, "seeds": seeds}

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from engine.images import ReferenceImageError, load_reference_path, png_with_metadata
+from engine.limits import LIMITS
 from engine.settings import SettingsError
 from engine.sweep import PRESETS, SweepCell, SweepPlan, parse_values, plan_sweep
 from engine.types import (
@@ -309,8 +310,8 @@ def _base_request(settings: Any, args: argparse.Namespace, prompt: str, referenc
     if text_layer > -1:
         raise UsageError(f"--text-layer counts from the end and must be -1 or lower; got {text_layer}")
     seed = DEFAULT_SEED if args.seed is None else args.seed
-    if not 0 <= seed < 2**63:
-        raise UsageError(f"--seed must be between 0 and 2**63-1; got {seed}")
+    if seed not in LIMITS["seed"]:
+        raise UsageError(f"--seed must be {LIMITS['seed'].describe()}; got {seed}")
     return StylizeRequest(
         prompt=prompt,
         reference=reference,

@@ -35,7 +35,6 @@ decode), so the two are timed separately.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +46,7 @@ import torch
 from PIL import Image, ImageOps
 
 from engine.blending import fit_caption
+from engine.limits import LIMITS
 from engine.loading import free_memory, model_loading, parse_dtype, resolve_device
 from engine.types import MAX_CAPTION_LEN, FitMode
 
@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 #: The Z-Image-Turbo schedule: 9 steps, shift 3.0, no CFG.
 DEFAULT_STEPS = 9
 DEFAULT_SHIFT = 3.0
-MAX_SEED = 2**64 - 1
 
 ProgressFn = Callable[[int, int], Any]
 AbortFn = Callable[[], bool]
@@ -75,19 +74,9 @@ class GenerationOutput:
 
 
 
-def check_size(width: Any, height: Any, *, multiple: int = 16, maximum: int | None = None) -> tuple[int, int]:
-    """``width``/``height`` must be integers, multiples of ``multiple`` (16 for Z-Image), >= it and <= ``maximum``."""
-    out = []
-    for name, value in (("width", width), ("height", height)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise ValueError(f"{name} must be an integer multiple of {multiple}; got {value!r}")
-        v = int(value)
-        if v < multiple or v % multiple:
-            raise ValueError(f"{name} must be a positive multiple of {multiple}; got {value!r}")
-        if maximum is not None and v > maximum:
-            raise ValueError(f"{name} must be at most {maximum}; got {value!r}")
-        out.append(v)
-    return out[0], out[1]
+def check_size(width: Any, height: Any) -> tuple[int, int]:
+    """``width``/``height`` within their ``engine.limits`` bounds (multiples of 16, the DiT's patch grid)."""
+    return LIMITS["width"].check(width), LIMITS["height"].check(height)
 
 
 def check_seeds(seeds: Any) -> list[int]:
@@ -99,50 +88,25 @@ def check_seeds(seeds: Any) -> list[int]:
         raise ValueError(f"seeds must be a list of integers; got {seeds!r}") from None
     if not values:
         raise ValueError("seeds must hold at least one seed (one image per seed); got none")
-    out = []
-    for s in values:
-        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
-            raise ValueError(f"seeds must be integers between 0 and {MAX_SEED}; got {s!r}")
-        out.append(int(s))
-    return out
+    return [LIMITS["seed"].check(s, "seeds") for s in values]
 
 
-def check_steps(steps: Any, maximum: int | None = None) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1; got {steps!r}")
-    if maximum is not None and steps > maximum:
-        raise ValueError(f"steps must be at most {maximum}; got {steps!r}")
-    return int(steps)
+def check_steps(steps: Any) -> int:
+    return LIMITS["steps"].check(steps)  # type: ignore[no-any-return]
 
 
 def check_strength(strength: Any) -> float:
-    try:
-        s = float(strength)
-    except (TypeError, ValueError):
-        raise ValueError(f"strength must be a number in (0, 1]; got {strength!r}") from None
-    if math.isnan(s) or not 0.0 < s <= 1.0:
-        raise ValueError(f"strength must be a number in (0, 1] (greater than 0, at most 1); got {strength!r}")
-    return s
+    return LIMITS["strength"].check(strength)  # type: ignore[no-any-return]
 
 
 def check_guidance(guidance_scale: Any) -> float:
-    try:
-        g = float(guidance_scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"guidance_scale must be a number >= 0; got {guidance_scale!r}") from None
-    if not math.isfinite(g) or g < 0:
-        raise ValueError(f"guidance_scale must be a number >= 0 (0 = no CFG, Turbo's setting); got {guidance_scale!r}")
-    return g
+    """0 = no CFG, Turbo's setting."""
+    return LIMITS["guidance_scale"].check(guidance_scale)  # type: ignore[no-any-return]
 
 
 def check_shift(shift: Any) -> float:
-    try:
-        s = float(shift)
-    except (TypeError, ValueError):
-        raise ValueError(f"shift must be a positive number; got {shift!r}") from None
-    if not math.isfinite(s) or s <= 0:
-        raise ValueError(f"shift must be a positive number (Z-Image-Turbo uses 3.0); got {shift!r}")
-    return s
+    """Z-Image-Turbo uses 3.0."""
+    return LIMITS["shift"].check(shift)  # type: ignore[no-any-return]
 
 
 def img2img_steps(steps: int, strength: float) -> int:
@@ -344,9 +308,9 @@ class Generator:
         """Run the denoising loop; returns the final latents (float32) and the parameter record.
 
         ``prompt_embeds``: one ``[L, D]`` tensor (used for every seed) or one per seed. ``image`` + ``strength``
-        (0 < s <= 1) run img2img from ``image`` (both must be given; one image for all seeds, or one per seed).
-        ``negative_prompt_embeds`` (CFG only): one per seed or one for all; default: the empty prompt encoded at
-        ``negative_layer``/``negative_think`` by the attached text encoder. Raises ``ValueError`` naming the
+        (``engine.limits.LIMITS["strength"]``) run img2img from ``image`` (both must be given; one image for all
+        seeds, or one per seed). ``negative_prompt_embeds`` (CFG only): one per seed or one for all; default: the
+        empty prompt encoded at ``negative_layer``/``negative_think`` by the attached text encoder. Raises ``ValueError`` naming the
         parameter, and :class:`Cancelled` when ``should_abort()`` turns true.
         """
         seeds = check_seeds(seeds)
@@ -361,7 +325,7 @@ class Generator:
         images: list[Image.Image] | None = None
         if image is not None:
             if strength is None:
-                raise ValueError("strength must be given for img2img (a number in (0, 1]); got None")
+                raise ValueError(f"strength must be given for img2img ({LIMITS['strength'].describe()}); got None")
             strength = check_strength(strength)
             images = [image] if isinstance(image, Image.Image) else list(image)
             if len(images) == 1:

@@ -28,7 +28,6 @@ worker's cache): ``stats_provider(key, compute) -> ReferenceStats`` returns the 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import OrderedDict
@@ -55,6 +54,7 @@ from engine.generate import (
     check_strength,
 )
 from engine.images import check_reference_shape
+from engine.limits import LIMITS
 from engine.loading import (
     check_vl_folder,
     check_zimage_folder,
@@ -80,39 +80,15 @@ from engine.types import (
 )
 from engine.vl import VLExtractor, parse_layers
 
-__all__ = ["StylePipeline", "stylize", "Cancelled", "COMPONENTS", "MAX_SIZE", "MAX_STEPS", "NEUTRAL_GRAY"]
+__all__ = ["StylePipeline", "stylize", "Cancelled", "COMPONENTS", "NEUTRAL_GRAY"]
 
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("vl", "text", "dit", "all")
-#: Largest width/height accepted (the DiT's RoPE tables hold 512 positions per image axis = 8192 px; the limit here
-#: is about memory and time, not the model).
-MAX_SIZE = 2048
-MAX_STEPS = 100
 #: The neutral image of ``style_delta``: mid-gray, as the seed's ``test_style_delta.py`` used.
 NEUTRAL_GRAY = (128, 128, 128)
 
 StatsProvider = Callable[[str, Callable[[], ReferenceStats]], ReferenceStats]
-
-
-def _finite(value: Any, name: str, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False) -> float:
-    """``value`` as a finite float within the bounds, else a ``ValueError`` naming ``name`` and the bounds."""
-    if low is not None and high is not None:
-        bounds = f"between {low:g} and {high:g}"
-    elif low is not None:
-        bounds = f"{'greater than' if low_open else 'at least'} {low:g}"
-    else:
-        bounds = f"at most {high:g}" if high is not None else "a finite number"
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number {bounds}; got {value!r}") from None
-    if isinstance(value, bool) or not math.isfinite(v):
-        raise ValueError(f"{name} must be a number {bounds}; got {value!r}")
-    if (low is not None and (v < low or (low_open and v == low))) or (high is not None and v > high):
-        raise ValueError(f"{name} must be {bounds}; got {value!r}")
-    return v
 
 
 def _weights_bytes(folder: Path) -> int:
@@ -324,27 +300,23 @@ class StylePipeline:
             check_reference_shape(*r.reference.size)  # before Qwen3-VL's processor refuses it, models loaded
         if not r.prompt.strip() and r.reference is None:
             raise ValueError("prompt must not be empty when there is no reference image")
-        alpha = _finite(r.alpha, "alpha", low=0.0, high=1.0)
+        alpha = LIMITS["alpha"].check(r.alpha)
         mode = BlendMode.parse(r.blend_mode, "blend_mode")
         tokens = TokenMode.parse(r.tokens, "tokens")
         Normalization.parse(r.normalization, "normalization")
         OutlierMode.parse(r.outlier_mode, "outlier_mode")
         OutlierDirection.parse(r.outlier_direction, "outlier_direction")
         FitMode.parse(r.fit_mode, "fit_mode")
-        _finite(r.target_std, "target_std", low=0.0, low_open=True)
-        _finite(r.outlier_threshold, "outlier_threshold", low=1.0, low_open=True)
-        if isinstance(r.append_tokens, bool) or not isinstance(r.append_tokens, int) \
-                or not 1 <= r.append_tokens <= MAX_CAPTION_LEN:
-            raise ValueError(f"append_tokens must be an integer between 1 and {MAX_CAPTION_LEN}; got "
-                             f"{r.append_tokens!r}")
+        for name in ("target_std", "outlier_threshold", "append_tokens"):
+            LIMITS[name].check(getattr(r, name))
         if r.vl_text is not None and not isinstance(r.vl_text, str):
             raise ValueError(f"vl_text must be a string or None; got {type(r.vl_text).__name__}")
         check_layer(r.text_layer, self._text_layers, "text_layer")
         if not isinstance(r.think, bool):
             raise ValueError(f"think must be true or false; got {r.think!r}")
         check_seeds(r.seeds)
-        check_steps(r.steps, MAX_STEPS)
-        check_size(r.width, r.height, maximum=MAX_SIZE)
+        check_steps(r.steps)
+        check_size(r.width, r.height)
         check_guidance(r.guidance_scale)
         check_shift(r.shift)
         if r.strength is not None:

@@ -34,7 +34,15 @@ from typing import Any
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from engine.limits import LIMITS
 from engine.types import BlendMode, FitMode, Normalization, OutlierMode, TokenMode
+
+def _bounded(default: Any, key: str, description: str) -> Any:
+    """A ``Field`` whose bounds are ``engine.limits.LIMITS[key]`` (so a setting can't hold what a request refuses)."""
+    bound = LIMITS[key]
+    low = {"gt": bound.lo} if bound.lo_open else {"ge": bound.lo}
+    return Field(default, **low, le=bound.hi, description=description)
+
 
 #: The seed's ``[profile.vl]`` keys and the settings they set.
 VL_TABLE_KEYS = {
@@ -151,21 +159,21 @@ class Settings(BaseSettings):
     fp8: bool = Field(False, description="FP8 dynamic quantisation of the DiT (needs torchao)")
 
     # --- generation defaults --------------------------------------------------------------------------------------
-    alpha: float = Field(0.3, ge=0.0, le=1.0, description="blend strength of the reference")
+    alpha: float = _bounded(0.3, "alpha", "blend strength of the reference")
     blend_mode: BlendMode = Field(BlendMode.POOL, description="how VL states are blended into the prompt")
-    hidden_layer: int = Field(-6, le=-1, description="Qwen3-VL hidden layer, counted from the end")
+    hidden_layer: int = _bounded(-6, "layer", "Qwen3-VL hidden layer, counted from the end")
     tokens: TokenMode = Field(TokenMode.FULL, description="which VL positions to keep")
     normalization: Normalization = Field(Normalization.GLOBAL, description="VL rescaling towards text statistics")
-    target_std: float = Field(61.0, gt=0, description="std the global normalisation scales VL states to")
+    target_std: float = _bounded(61.0, "target_std", "std the global normalisation scales VL states to")
     outlier_mode: OutlierMode = Field(OutlierMode.NONE, description="outlier-dimension masking")
-    outlier_threshold: float = Field(10.0, gt=1.0, description="std-ratio threshold for outlier masking")
-    append_tokens: int = Field(64, ge=1, le=1024, description="pooled image tokens appended by blend mode 'append'")
+    outlier_threshold: float = _bounded(10.0, "outlier_threshold", "std-ratio threshold for outlier masking")
+    append_tokens: int = _bounded(64, "append_tokens", "pooled image tokens appended by blend mode 'append'")
     fit_mode: FitMode = Field(FitMode.POOL, description="how captions over 1504 positions are shortened")
-    steps: int = Field(9, ge=1, le=100, description="denoising steps")
-    guidance_scale: float = Field(0.0, ge=0.0, le=20.0, description="CFG scale (0 = off, as Turbo expects)")
-    shift: float = Field(3.0, gt=0.0, le=20.0, description="flow-matching scheduler shift")
-    width: int = Field(1024, ge=16, le=2048, description="output width (multiple of 16)")
-    height: int = Field(1024, ge=16, le=2048, description="output height (multiple of 16)")
+    steps: int = _bounded(9, "steps", "denoising steps")
+    guidance_scale: float = _bounded(0.0, "guidance_scale", "CFG scale (0 = off, as Turbo expects)")
+    shift: float = _bounded(3.0, "shift", "flow-matching scheduler shift")
+    width: int = _bounded(1024, "width", "output width (multiple of 16)")
+    height: int = _bounded(1024, "height", "output height (multiple of 16)")
 
     # --- Discord ----------------------------------------------------------------------------------------------------
     discord_token: SecretStr | None = Field(None, description="bot token (secret)")
@@ -209,8 +217,9 @@ class Settings(BaseSettings):
     @field_validator("width", "height")
     @classmethod
     def _multiple_of_16(cls, v: int) -> int:
-        if v % 16:
-            raise ValueError(f"must be a multiple of 16; got {v}")
+        multiple = LIMITS["width"].multiple_of
+        if v % multiple:
+            raise ValueError(f"must be a multiple of {multiple}; got {v}")
         return v
 
     @field_validator("log_level")

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.limits import LIMITS
 from engine.types import (
     BlendMode,
     LayerWeight,
@@ -70,9 +71,7 @@ def _parse_alpha(v: Any) -> float:
         a = float(v)
     except (TypeError, ValueError):
         raise ValueError(f"alphas: {v!r} is not a number") from None
-    if math.isnan(a) or not 0.0 <= a <= 1.0:
-        raise ValueError(f"alphas: every alpha must be between 0 and 1; got {v!r}")
-    return round(a, 6)
+    return round(LIMITS["alpha"].check(a, "alphas"), 6)
 
 
 def _parse_layer(v: Any) -> int | tuple[LayerWeight, ...]:
@@ -85,18 +84,16 @@ def _parse_layer(v: Any) -> int | tuple[LayerWeight, ...]:
             f = float(str(x).strip()) if isinstance(x, str) else float(x)
         except (TypeError, ValueError):
             raise ValueError(f"layers: {x!r} is not a layer number (use -6, or -6+-8 for a mix)") from None
-        if f != int(f) or int(f) > -1:
+        if not math.isfinite(f) or f != int(f) or int(f) > -1:
             raise ValueError(f"layers: layers count from the end and must be -1 or lower; got {x!r}")
-        return int(f)
+        return LIMITS["layer"].check(int(f), "layers")  # type: ignore[no-any-return]
 
     def weight(x: Any) -> float:
         try:
             w = float(x)
         except (TypeError, ValueError):
             raise ValueError(f"layers: layer weight {x!r} is not a number") from None
-        if math.isnan(w) or w < 0:
-            raise ValueError(f"layers: layer weights must be >= 0; got {x!r}")
-        return w
+        return LIMITS["layer_weight"].check(w, "layers: layer weight")  # type: ignore[no-any-return]
 
     if isinstance(v, str):
         s = v.strip().replace(" ", "")
@@ -155,12 +152,11 @@ def _parse_strength(v: Any) -> float | None:
         s = float(v)
     except (TypeError, ValueError):
         raise ValueError(f"strengths: {v!r} is not a number (or 'none' for txt2img)") from None
-    if math.isnan(s) or not 0.0 < s <= 1.0:
-        raise ValueError(f"strengths: img2img strength must be in (0, 1] (or 'none' for txt2img); got {v!r}")
-    return round(s, 6)
+    return round(LIMITS["strength"].check(s, "strengths"), 6)
 
 
-def _parse_int(name: str, lo: int, hi: int):
+def _parse_int(name: str, bound: str):
+    """A whole number (``4`` or ``4.0``, as ranges produce) within ``LIMITS[bound]``; errors name the axis key."""
     def parse(v: Any) -> int:
         if isinstance(v, bool):
             raise ValueError(f"{name}: {v!r} is not an integer")
@@ -168,11 +164,9 @@ def _parse_int(name: str, lo: int, hi: int):
             f = float(v)
         except (TypeError, ValueError):
             raise ValueError(f"{name}: {v!r} is not an integer") from None
-        if f != int(f):
+        if not math.isfinite(f) or f != int(f):
             raise ValueError(f"{name}: {v!r} is not an integer")
-        if not lo <= int(f) <= hi:
-            raise ValueError(f"{name}: every value must be between {lo} and {hi}; got {v!r}")
-        return int(f)
+        return LIMITS[bound].check(int(f), name)  # type: ignore[no-any-return]
 
     return parse
 
@@ -226,14 +220,14 @@ AXES: dict[str, Axis] = {a.name: a for a in [
          lambda v: f"norm={v}", vl=True, aliases=("normalization_modes",)),
     Axis("outlier", "outliers", "outlier_mode", _parse_enum(OutlierMode, "outliers"), lambda v: f"outlier={v}",
          vl=True, aliases=("outlier_modes", "outlier_masking")),
-    Axis("append_tokens", "append_tokens", "append_tokens", _parse_int("append_tokens", 1, 1024),
+    Axis("append_tokens", "append_tokens", "append_tokens", _parse_int("append_tokens", "append_tokens"),
          lambda v: f"append={v}", vl=True, numeric=True),
     Axis("strength", "strengths", "strength", _parse_strength,
          lambda v: "txt2img" if v is None else f"strength={v:g}", vl=False, numeric=True),
-    Axis("steps", "steps", "steps", _parse_int("steps", 1, 100), lambda v: f"steps={v}", vl=False, numeric=True),
+    Axis("steps", "steps", "steps", _parse_int("steps", "steps"), lambda v: f"steps={v}", vl=False, numeric=True),
     Axis("think", "thinks", "think", _parse_bool, lambda v: f"think={'on' if v else 'off'}", vl=False,
          aliases=("think_modes",)),
-    Axis("seed", "seeds", "seeds", _parse_int("seeds", 0, 2**63 - 1), lambda v: f"seed={v}", vl=False,
+    Axis("seed", "seeds", "seeds", _parse_int("seeds", "seed"), lambda v: f"seed={v}", vl=False,
          numeric=True),
 ]}
 

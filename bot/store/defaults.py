@@ -16,6 +16,7 @@ from typing import Any
 import aiosqlite
 
 from bot.store.db import fetch_one, from_json, to_db_time, to_json, transaction, utcnow
+from engine.limits import LIMITS
 from engine.types import (
     BlendMode,
     FitMode,
@@ -32,33 +33,12 @@ from engine.types import (
 Validator = Callable[[Any, str], Any]
 
 
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number; got {value!r}")
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"{name} must be a finite number; got {value!r}")
-    return float(value)
+def _limited(key: str) -> Validator:
+    """The check of ``engine.limits.LIMITS[key]`` (the same bounds the commands and the engine apply)."""
+    bound = LIMITS[key]
 
-
-def _float_in(lo: float, hi: float) -> Validator:
-    def check(value: Any, name: str) -> float:
-        number = _number(value, name)
-        if not lo <= number <= hi:
-            raise ValueError(f"{name} must be between {lo:g} and {hi:g}; got {value!r}")
-        return number
-
-    return check
-
-
-def _int_in(lo: int, hi: int, multiple_of: int = 1) -> Validator:
-    def check(value: Any, name: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be a whole number; got {value!r}")
-        if not lo <= value <= hi:
-            raise ValueError(f"{name} must be between {lo} and {hi}; got {value!r}")
-        if value % multiple_of:
-            raise ValueError(f"{name} must be a multiple of {multiple_of}; got {value!r}")
-        return value
+    def check(value: Any, name: str) -> Any:
+        return bound.check(value, name)
 
     return check
 
@@ -72,14 +52,14 @@ def _choice(enum: type[Enum]) -> Validator:
 
 def _layer(value: Any, name: str) -> int | list[list[float]]:
     """One layer (``-6``) or a weighted mix: a list of ``LayerWeight`` / ``[layer, weight]`` pairs."""
-    check_layer = _int_in(-64, -1)
+    check_layer, check_weight = _limited("layer"), _limited("layer_weight")
     if isinstance(value, (list, tuple)):
         if not value:
             raise ValueError(f"{name} must name at least one layer")
         pairs = []
         for item in value:
             layer, weight = (item.layer, item.weight) if isinstance(item, LayerWeight) else _pair(item, name)
-            pairs.append([check_layer(layer, name), _float_in(0.0, 1000.0)(weight, f"{name} weight")])
+            pairs.append([check_layer(layer, name), check_weight(weight, f"{name} weight")])
         return pairs
     return check_layer(value, name)
 
@@ -95,7 +75,7 @@ def _seed(value: Any, name: str) -> str | int:
         return "random"
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be 'random' or a whole number; got {value!r}")
-    return _int_in(0, 2**63 - 1)(value, name)
+    return LIMITS["seed"].check(value, name)  # type: ignore[no-any-return]
 
 
 def _flag(value: Any, name: str) -> bool:
@@ -106,24 +86,24 @@ def _flag(value: Any, name: str) -> bool:
 
 #: Every parameter a user default or a preset may hold, with its validator (which also normalises the value).
 PARAM_SPECS: dict[str, Validator] = {
-    "style_weight": _float_in(0.0, 1000.0),
-    "alpha": _float_in(0.0, 1.0),
+    "style_weight": _limited("style_weight"),
+    "alpha": _limited("alpha"),
     "blend_mode": _choice(BlendMode),
     "layer": _layer,
     "tokens": _choice(TokenMode),
     "normalization": _choice(Normalization),
-    "target_std": _float_in(0.001, 10000.0),
+    "target_std": _limited("target_std"),
     "outlier_mode": _choice(OutlierMode),
-    "outlier_threshold": _float_in(1.0, 10000.0),
+    "outlier_threshold": _limited("outlier_threshold"),
     "outlier_direction": _choice(OutlierDirection),
-    "append_tokens": _int_in(1, 1504),
+    "append_tokens": _limited("append_tokens"),
     "fit_mode": _choice(FitMode),
-    "steps": _int_in(1, 100),
-    "width": _int_in(64, 4096, multiple_of=16),
-    "height": _int_in(64, 4096, multiple_of=16),
+    "steps": _limited("steps"),
+    "width": _limited("width"),
+    "height": _limited("height"),
     "seed": _seed,
-    "guidance_scale": _float_in(0.0, 50.0),
-    "shift": _float_in(0.0, 100.0),
+    "guidance_scale": _limited("guidance_scale"),
+    "shift": _limited("shift"),
     "private": _flag,
 }
 

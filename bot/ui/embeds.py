@@ -15,6 +15,7 @@ from typing import Any
 import discord
 
 from bot.params import BLEND_MODES, describe_layer, size_name
+from bot.text import display_text
 from engine.progress import EventKind, ProgressEvent
 from engine.types import BlendMode
 
@@ -119,7 +120,7 @@ class Rendered:
 def result_embed(*, job_id: str, prompt: str, resolved: Mapping[str, Any], strength: float | None,
                  preset: str | None, timings: Mapping[str, float], title: str = "Stylized") -> Rendered:
     """The result of a /stylize job: the prompt, every parameter, the seed and the timings."""
-    shown = truncate(prompt, PROMPT_SHOWN) if prompt else "*(no prompt: the reference alone)*"
+    shown = truncate(display_text(prompt), PROMPT_SHOWN) if prompt else "*(no prompt: the reference alone)*"
     embed = discord.Embed(title=title, description=shown, colour=COLOUR_OK)
     for name, value in parameter_fields(resolved, strength=strength, preset=preset):
         embed.add_field(name=name, value=value, inline=True)
@@ -132,7 +133,7 @@ def result_embed(*, job_id: str, prompt: str, resolved: Mapping[str, Any], stren
 def sweep_embed(*, job_id: str, prompt: str, title: str, note: str, axes: Sequence[str], cells: int,
                 fixed: Mapping[str, Any], timings: Mapping[str, float]) -> Rendered:
     """The result of a sweep or comparison: what varied, what stayed fixed, the timings."""
-    lines = [truncate(prompt, PROMPT_SHOWN) if prompt else "*(no prompt)*"]
+    lines = [truncate(display_text(prompt), PROMPT_SHOWN) if prompt else "*(no prompt)*"]
     if note:
         lines.append(f"-# {note}")
     embed = discord.Embed(title=title, description="\n".join(lines), colour=COLOUR_OK)
@@ -176,7 +177,7 @@ def status_line(event: ProgressEvent, *, kind: str = "stylize") -> str:
 def job_line(job_id: str, kind: str, prompt: str, *, position: int | None = None, eta_s: float | None = None,
              status: str | None = None, error: str | None = None, owner_id: int | None = None) -> str:
     """One line about a job for ``/queue``: short id, kind, prompt, and where it is (or how it ended)."""
-    what = truncate(" ".join(prompt.split()), 40) if prompt else "(no prompt)"
+    what = truncate(display_text(prompt, one_line=True), 40) if prompt else "(no prompt)"
     if position is not None:
         state = "running" if position == 0 else f"#{position} in line"
         state += f", about {_seconds(eta_s)} left" if eta_s is not None else ""

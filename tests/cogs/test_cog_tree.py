@@ -83,7 +83,9 @@ def test_stylize_options(payload) -> None:
     weight = options["style_weight"]
     assert (weight["type"], weight["min_value"], weight["max_value"]) == (4, 0, 1000)
     assert style_weight_to_alpha(weight["max_value"]) == 1.0
-    assert (options["steps"]["min_value"], options["steps"]["max_value"]) == (1, 50)
+    assert (options["steps"]["min_value"], options["steps"]["max_value"]) == (1, 100)
+    assert (options["seed"]["min_value"], options["seed"]["max_value"]) == (0, 2**32 - 1)
+    assert (options["prompt"]["type"], options["prompt"]["min_length"], options["prompt"]["max_length"]) == (3, 1, 1500)
     assert options["layer"]["max_value"] == -1
     assert 0 < options["strength"]["min_value"] and options["strength"]["max_value"] == 1.0
     assert [c["value"] for c in options["blend_mode"]["choices"]] == [m.value for m in BLEND_MODES]
