@@ -137,6 +137,10 @@ async def _serve(settings: Any, token: str) -> int:
             return _fail("Discord refused the token (ZVL_DISCORD_TOKEN): check it in the developer portal")
         except MigrationError as exc:
             return _fail(str(exc))
+        except Exception as exc:  # noqa: BLE001 - a stop closed the HTTP session under a login still in flight
+            if not stopping:
+                raise
+            log.info("stopped while connecting to Discord (%s)", type(exc).__name__)
         finally:
             if stopping:
                 await asyncio.gather(*stopping, return_exceptions=True)

@@ -1,8 +1,12 @@
 """End-to-end fixtures: one FakeDiscord and one real bot PROCESS (``python -m bot run`` on the tiny models) shared by
-the whole e2e session, plus a fresh guild and fresh users per test so tests cannot see each other's jobs.
+the e2e tests, plus a fresh guild and fresh users per test so tests cannot see each other's jobs.
+
+The fake and the bot live for the ``tests/e2e`` folder only (package scope), not the whole session: the fake runs on
+the session's event loop, which does not run while synchronous tests elsewhere do; a bot left connected through
+minutes of those would miss its heartbeat ACKs, time out reconnecting and log discord.py's traceback.
 
 * ``fake``: the fake Discord (session loop). ``bot``: the :class:`BotProcess`, started once (READY, the global
-  command sync and one answered interaction awaited); at the end of the session it gets SIGTERM and must exit 0
+  command sync and one answered interaction awaited); after the last e2e test it gets SIGTERM and must exit 0
   without a traceback in its log.
 * ``admin``: a user in ``ZVL_OWNER_IDS`` (bot admin: ``/admin pause`` etc.), a member of every test guild.
 * ``space``: a new guild announced to the running bot, with helpers to make members and dispatch commands.
@@ -62,26 +66,26 @@ def _remember_log_offsets(request: pytest.FixtureRequest) -> None:
     request.node.stash[_LOG_OFFSETS] = offsets
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def e2e_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("e2e")
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
+@pytest_asyncio.fixture(scope="package", loop_scope="session")
 async def fake() -> AsyncIterator[FakeDiscord]:
     async with FakeDiscord(heartbeat_interval_ms=1000) as fake:
         fake.add_guild("e2e home")
         yield fake
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def admin(fake: FakeDiscord) -> FakeUser:
     user = fake.add_user("e2e-admin")
     fake.add_member(next(iter(fake.world.guilds)), user.id)
     return user
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
+@pytest_asyncio.fixture(scope="package", loop_scope="session")
 async def bot(fake: FakeDiscord, admin: FakeUser, tiny_models, e2e_tmp: Path) -> AsyncIterator[BotProcess]:
     settings = tiny_settings(tiny_models.zimage, tiny_models.qwen3vl, owner_ids=[admin.id])
     proc = BotProcess(fake, e2e_tmp / "bot", settings, name="e2e-bot")

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
+import sys
 import time
 
 import pytest
 
-from tests.e2e.botproc import BotProcess, tiny_settings
+from tests.e2e.botproc import BotProcess, child_env, tiny_settings
 from tests.fakediscord import FakeDiscord
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(300)]
@@ -59,3 +61,57 @@ async def test_sigterm_during_a_discord_outage_exits_promptly(tiny_models, tmp_p
     assert rc == 0, f"exit status {rc} (log: {bot.log_path})"
     assert "SIGTERM received" in log and "services closed" in log, log
     assert "Traceback" not in log, log
+
+
+class _SilentDiscord:
+    """An endpoint that accepts connections and never answers: a login request hangs as in a network partition."""
+
+    def __init__(self) -> None:
+        self.connected = asyncio.Event()
+        self._server: asyncio.AbstractServer | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> _SilentDiscord:
+        self._server = await asyncio.start_server(self._hold, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+
+    async def _hold(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        self.connected.set()
+
+    @property
+    def env(self) -> dict[str, str]:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        return {"ZVL_DISCORD_API_BASE": f"http://127.0.0.1:{port}/api/v10",
+                "ZVL_DISCORD_GATEWAY_URL": f"ws://127.0.0.1:{port}/gateway"}
+
+
+async def test_sigterm_while_logging_in_exits_cleanly(tiny_models, tmp_path) -> None:
+    """SIGTERM while discord.py's login request is still in flight: exit 0 without a traceback (the stop closes
+    the HTTP session under the request, which must not surface as a crash)."""
+    async with _SilentDiscord() as silent:
+        data_dir = tmp_path / "bot"
+        data_dir.mkdir()
+        env = child_env(silent, data_dir, tiny_settings(tiny_models.zimage, tiny_models.qwen3vl))  # type: ignore[arg-type]
+        log_path = data_dir / "login.log"
+        with open(log_path, "wb") as log:
+            proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "run", cwd=str(data_dir), env=env,
+                                                        stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
+        try:
+            await asyncio.wait_for(silent.connected.wait(), 120)  # the login request has reached "Discord"
+            proc.send_signal(signal.SIGTERM)
+            rc = await asyncio.wait_for(proc.wait(), EXIT_WITHIN_S)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    log = log_path.read_text(errors="replace")
+    assert rc == 0, log
+    assert "SIGTERM received" in log and "Traceback" not in log, log
