@@ -1,5 +1,5 @@
 """Shared helpers of the benchmark scripts: modes, interleaved timing, medians, machine description, JSON output,
-and random model folders in the real Hugging Face layout (bigger than ``engine.tiny``'s, same code path).
+and random model folders in the real Hugging Face layout (bigger than ``engine.models.tiny``'s, same code path).
 
 Conventions every script here follows:
 
@@ -262,13 +262,13 @@ def build_zimage_folder(path: Path | str, *, dim: int = 64, n_layers: int = 2, n
                         n_heads: int = 2, cap_dim: int = 64, vae_channels: Sequence[int] = (32, 32, 32, 32),
                         text_layers: int = 2, seed: int = 0) -> Path:
     """A random diffusers ``ZImagePipeline`` folder (transformer, VAE, scheduler shift 3.0, Qwen3 text encoder of
-    width ``cap_dim`` and :func:`engine.tiny.build_tokenizer`) written with ``save_pretrained``, as
-    :func:`engine.tiny.make_tiny` does, with the sizes given. Loaded later through the engine's real path."""
+    width ``cap_dim`` and :func:`engine.models.tiny.build_tokenizer`) written with ``save_pretrained``, as
+    :func:`engine.models.tiny.make_tiny` does, with the sizes given. Loaded later through the engine's real path."""
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
 
-    from engine.tiny import build_tokenizer
+    from engine.models.tiny import build_tokenizer
 
     path = Path(path)
     tokenizer = build_tokenizer()
@@ -307,13 +307,13 @@ def build_vl_folder(path: Path | str, *, hidden: int = 64, layers: int = 8, head
                     head_dim: int = 16, intermediate: int | None = None, vision_depth: int = 2,
                     vision_hidden: int = 32, vision_heads: int = 2, vision_intermediate: int | None = None,
                     deepstack: Sequence[int] | None = None, seed: int = 3) -> Path:
-    """A random Qwen3-VL folder (model + image-only processor) like :func:`engine.tiny.make_tiny`'s, with the depth
+    """A random Qwen3-VL folder (model + image-only processor) like :func:`engine.models.tiny.make_tiny`'s, with the depth
     and widths given: 16 px patches merged 2x2 (32 px per token), text width ``hidden`` (= the DiT caption width)."""
     import torch
     from transformers import Qwen2VLImageProcessorPil, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    from engine.loading import Qwen3VLImageOnlyProcessor
-    from engine.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tokenizer
+    from engine.models.loading import Qwen3VLImageOnlyProcessor
+    from engine.models.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tokenizer
 
     path = Path(path)
     tokenizer = build_tokenizer()

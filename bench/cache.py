@@ -3,7 +3,7 @@
     python bench/cache.py [--quick] [--reps N] [--side PX] [--json PATH] [--threads N]
 
 Both requests go through the steps the worker's encode stage takes (``EngineWorker._encode``), in its order:
-``pipeline_vl_key(pipe, request, identities)`` (the worker's default key: ``engine.cache.vl_cache_record`` of the
+``pipeline_vl_key(pipe, request, identities)`` (the worker's default key: ``engine.cache.store.vl_cache_record`` of the
 reference's pixels, every VL setting, the image-token budget, the model folder's identity, the dtype; the folder
 hash memoised as the worker memoises it), ``EmbeddingCache.get_vl(key)``, and on a miss
 ``StylePipeline.encode_reference(request)`` in a thread followed by ``EmbeddingCache.put_vl(key, vl)``. The cache is
@@ -15,7 +15,7 @@ Forward hooks count calls of the Qwen3-VL base model and of its vision tower: th
 (``vl forwards on hit: 0``), and its embeddings must equal the miss's. Each round starts from an empty cache; one
 untimed extraction of another image warms the model up first (model loading is reported separately). The model is
 the random real-depth Qwen3-VL of ``vl_layer_stop.py`` (36 layers, ~1/8 widths) with a 1024x1024 reference (1024 image
-tokens, the engine's default budget); ``--quick`` uses ``engine.tiny`` and a 64 px reference.
+tokens, the engine's default budget); ``--quick`` uses ``engine.models.tiny`` and a 64 px reference.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ NAME = "cache"
 
 async def encode_stage(pipe, cache, request, identities: dict) -> tuple[object, bool, dict[str, float]]:
     """The worker's per-reference encode step: key, cache lookup, extraction + store on a miss."""
-    from engine.jobkeys import pipeline_vl_key
+    from engine.cache.keys import pipeline_vl_key
 
     t = {}
     t0 = time.perf_counter()
@@ -59,8 +59,8 @@ async def encode_stage(pipe, cache, request, identities: dict) -> tuple[object, 
 async def run(args) -> int:
     import torch
 
-    from engine.cache import EmbeddingCache, MemoryCacheIndex
-    from engine.pipeline import StylePipeline
+    from engine.cache.store import EmbeddingCache, MemoryCacheIndex
+    from engine.generation.pipeline import StylePipeline
     from engine.types import StylizeRequest
 
     side = args.side or (64 if args.quick else 1024)
@@ -72,7 +72,7 @@ async def run(args) -> int:
         root = Path(tmp)
         t0 = time.perf_counter()
         if args.quick:
-            from engine.tiny import make_tiny
+            from engine.models.tiny import make_tiny
 
             paths = make_tiny(root / "models")
         else:
@@ -94,7 +94,7 @@ async def run(args) -> int:
         repeat = request.replace(reference=reference.copy())
         identities: dict = {}  # the worker's memo of model-folder hashes (computed once per process)
         warm = request.replace(reference=C.reference_image(side, seed=4))
-        from engine.jobkeys import pipeline_vl_key
+        from engine.cache.keys import pipeline_vl_key
 
         pipeline_vl_key(pipe, warm, identities)
         pipe.encode_reference(warm)  # warm-up, untimed

@@ -14,13 +14,13 @@ What is compared, on the same model, the same final caption and the same seed:
   transformer and VAE, its own scheduler from the folder), where ``caption`` is the engine's own blended and fitted
   caption. No checks, no callback, decode inside the pipeline.
 
-The model is random and built like ``engine.tiny`` but large enough that denoising dominates, as at full size
+The model is random and built like ``engine.models.tiny`` but large enough that denoising dominates, as at full size
 (full mode: a DiT of width 256, 4 layers at 256x256 px, 9 steps; the VAE decode is ~13% of a run, 6% at full size),
 saved in the real folder layout to a temporary folder and loaded through ``StylePipeline.from_pretrained``, with the
 engine's automatic dtype (bf16 on a CPU with native bf16, else float32). Runs are interleaved (ABBA) after one
 warm-up each; the figure is the median of the per-round ratios engine/raw (the ratios of the medians and of
 the minimums are printed too: on a machine shared with other work they bracket the noise). The images of both paths
-are compared pixel for pixel. ``--quick`` uses ``engine.tiny`` at 32 px, 2 steps (seconds; what the test runs).
+are compared pixel for pixel. ``--quick`` uses ``engine.models.tiny`` at 32 px, 2 steps (seconds; what the test runs).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ FULL_VL = dict(hidden=256, layers=8, heads=8, kv_heads=4, head_dim=32, vision_de
 
 def build_models(root: Path, quick: bool) -> dict[str, Path]:
     if quick:
-        from engine.tiny import make_tiny
+        from engine.models.tiny import make_tiny
 
         return make_tiny(root)
     return {"zimage": C.build_zimage_folder(root / "zimage", **FULL),
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from diffusers import ZImagePipeline
 
-    from engine.pipeline import StylePipeline
+    from engine.generation.pipeline import StylePipeline
     from engine.types import StylizeRequest
 
     size = args.size or (32 if args.quick else 256)

@@ -6,7 +6,7 @@
 Models, built directly on the target device in bf16 (nothing is saved; weights random, images noise, timings
 real): the Z-Image DiT at Z-Image-Turbo's config (``ZImageTransformer2DModel(axes_lens=[1536, 512, 512])``, 6.15 B
 parameters), a Flux-style 16-channel VAE, Qwen3-4B as the text encoder and Qwen3-VL-4B, both at their published
-configs (the tokenizer is ``engine.tiny``'s: ids stay in range, token counts differ from the real tokenizer's). They
+configs (the tokenizer is ``engine.models.tiny``'s: ids stay in range, token counts differ from the real tokenizer's). They
 are wrapped in the engine's own classes (``Generator``, ``TextEncoder``, ``VLExtractor`` accept prebuilt modules) and
 placed into a ``StylePipeline`` whose model folders hold only the config files the pipeline reads.
 
@@ -24,10 +24,10 @@ Sections, in order (each in try/except; errors are recorded as ``<section>_error
    caption (``append`` with 1024 pooled image rows: 1056 rows), interleaved.
 7. ``stylize_cpu_encoders`` — one whole ``stylize()`` with Qwen3-4B and Qwen3-VL-4B on the CPU: the DiT's peak VRAM
    at 1024² (target <= 16 GB) and the stage timings.
-8. ``compiled`` — ``engine.accel.prepare(generator, compile=True)``: regional compile + the start-up warm-up (timed),
+8. ``compiled`` — ``engine.generation.accel.prepare(generator, compile=True)``: regional compile + the start-up warm-up (timed),
    the first request after it, and the compiled median. Target: >= 1.4x eager.
 9. ``fp8`` — only with torchao and a GPU of compute capability >= 8.9 (else one ``fp8 skipped: ...`` line): a fresh
-   DiT quantised by ``engine.accel.quantize_fp8``, eager, then compiled after a one-shape warm-up (FP8 compiles take
+   DiT quantised by ``engine.generation.accel.quantize_fp8``, eager, then compiled after a one-shape warm-up (FP8 compiles take
    minutes: 165 s measured on an H200). Target: >= 1.9x bf16 eager. Skipped when the time budget
    (``GPU_FULL_BUDGET_S``, default 570 s) would be exceeded.
 
@@ -123,7 +123,7 @@ def free_memory() -> None:
 # ------------------------------------------------------------------------------------------------ model configs
 def tokenizer():
     if "tok" not in state:
-        from engine.tiny import build_tokenizer
+        from engine.models.tiny import build_tokenizer
 
         state["tok"] = build_tokenizer()
     return state["tok"]
@@ -144,7 +144,7 @@ def text_config():
 def vl_config():
     from transformers import Qwen3VLConfig
 
-    from engine.tiny import SPECIAL_TOKENS
+    from engine.models.tiny import SPECIAL_TOKENS
 
     ids = {t: tokenizer().convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     if TINY:
@@ -221,7 +221,7 @@ def env() -> None:
         res["torchao"] = torchao.__version__
     except ImportError:
         res["torchao"] = None
-    from engine.loading import cpu_supports_bf16
+    from engine.models.loading import cpu_supports_bf16
 
     res["cpu_native_bf16"] = cpu_supports_bf16()
     print(f"{NAME}: {'TINY (CPU smoke test)' if TINY else 'full size'} on {C.describe(res['machine'])}", flush=True)
@@ -232,8 +232,8 @@ def build_dit() -> None:
 
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from engine.generate import Generator
-    from engine.pipeline import StylePipeline
+    from engine.generation.zimage import Generator
+    from engine.generation.pipeline import StylePipeline
 
     t0 = time.perf_counter()
     tr, vae = build_transformer(), build_vae()
@@ -294,9 +294,9 @@ def engine_vs_raw() -> None:
 def vl_gpu() -> None:
     from transformers import Qwen2VLImageProcessorPil, Qwen3VLForConditionalGeneration
 
-    from engine.loading import Qwen3VLImageOnlyProcessor
-    from engine.tiny import CHAT_TEMPLATE
-    from engine.vl import VLExtractor
+    from engine.models.loading import Qwen3VLImageOnlyProcessor
+    from engine.models.tiny import CHAT_TEMPLATE
+    from engine.conditioning.vision import VLExtractor
 
     t0 = time.perf_counter()
     with torch.device(DEV):
@@ -334,7 +334,7 @@ def vl_gpu() -> None:
 
 
 def vl_cpu() -> None:
-    from engine.vl import VLExtractor
+    from engine.conditioning.vision import VLExtractor
 
     threads_before = torch.get_num_threads()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -389,8 +389,8 @@ def captions() -> None:
 def stylize_cpu_encoders() -> None:
     from transformers import Qwen3Model
 
-    from engine.pipeline import stylize
-    from engine.text import TextEncoder
+    from engine.generation.pipeline import stylize
+    from engine.conditioning.text import TextEncoder
     from engine.types import StylizeRequest
 
     pipe = state["pipe"]
@@ -428,7 +428,7 @@ def stylize_cpu_encoders() -> None:
 
 
 def compiled() -> None:
-    from engine import accel
+    from engine.generation import accel
     from engine.types import StylizeRequest
 
     gen, pipe = state["gen"], state["pipe"]
@@ -456,8 +456,8 @@ def compiled() -> None:
 def fp8() -> None:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from engine import accel
-    from engine.generate import Generator
+    from engine.generation import accel
+    from engine.generation.zimage import Generator
     from engine.types import StylizeRequest
 
     reason = accel.fp8_unavailable_reason(DEV)

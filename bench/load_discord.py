@@ -129,7 +129,7 @@ def classify(rec: InteractionRecord) -> str:
 
 
 async def run(args: Any) -> tuple[dict[str, Any], int]:
-    from engine.tiny import make_tiny
+    from engine.models.tiny import make_tiny
 
     work = Path(tempfile.mkdtemp(prefix="zvl-load-discord-"))
     t0 = time.monotonic()

@@ -30,10 +30,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from engine.queue import Job  # noqa: E402
+from engine.serving.queue import Job  # noqa: E402
 from engine.types import StylizeRequest  # noqa: E402
 from _common import WorkerSettings  # noqa: E402
-from engine.worker import EngineWorker  # noqa: E402
+from engine.serving.worker import EngineWorker  # noqa: E402
 
 TICK = 0.005
 
@@ -104,8 +104,8 @@ async def on_loop_contrast(pipe, request: StylizeRequest) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.pipeline import StylePipeline
-    from engine.tiny import ensure_tiny
+    from engine.generation.pipeline import StylePipeline
+    from engine.models.tiny import ensure_tiny
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")

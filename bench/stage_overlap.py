@@ -34,10 +34,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from engine.queue import Job  # noqa: E402
+from engine.serving.queue import Job  # noqa: E402
 from engine.types import StylizeRequest, StylizeResult, VLResult  # noqa: E402
 from _common import WorkerSettings  # noqa: E402
-from engine.worker import EngineWorker  # noqa: E402
+from engine.serving.worker import EngineWorker  # noqa: E402
 
 
 
@@ -109,8 +109,8 @@ def ideal_ratio(v: float, d: float, n: int) -> float:
 
 def bench_models(quick: bool, jobs: int, rounds: int, width: int = 64) -> tuple[float, float]:
     """(median throughput ratio, median cores the sequential run got: < 0.9 means other processes starve us)."""
-    from engine.pipeline import StylePipeline
-    from engine.tiny import ensure_tiny
+    from engine.generation.pipeline import StylePipeline
+    from engine.models.tiny import ensure_tiny
 
     torch.set_num_threads(1)
     paths = ensure_tiny(tiny_dir() / f"w{width}", width=width)

@@ -4,7 +4,7 @@
 
 * **stop** (the engine): ``VLExtractor.extract(image, text, hidden_layer=-6, normalization="none")`` — the processor,
   then the base model (vision tower + language model, no LM head) with the decoder's layer list cut after the layer
-  whose output ``-6`` is (``engine.text.forward_to_layers``), then token bookkeeping.
+  whose output ``-6`` is (``engine.conditioning.text.forward_to_layers``), then token bookkeeping.
 * **full** (what the seed did): the same processor inputs (``VLExtractor.build_inputs``), then
   ``model(**inputs, use_cache=False, output_hidden_states=True)`` on ``Qwen3VLForConditionalGeneration`` — every
   decoder layer, the final norm, the LM head over every position — and ``hidden_states[-6]``.
@@ -15,7 +15,7 @@ layers, a 24-block vision tower with deepstack taps at 5/11/17) and about an eig
 vision 128 wide: the real 2.5:1 ratio), so it runs on a CPU in seconds; the reference is 512x512 (256 image tokens,
 ``--side`` to change). Time ratios depend on how the vision tower and the decoder share the work, which differs with
 the widths and the reference size (on the real model at 1024² on a 16-core Xeon the stop saved 4%: the vision
-tower's attention over 4096 patches dominates); the layer count does not. ``--quick`` uses ``engine.tiny`` (8 layers,
+tower's attention over 4096 patches dominates); the layer count does not. ``--quick`` uses ``engine.models.tiny`` (8 layers,
 so -6 runs 3 of 8) with a 64 px reference.
 """
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from engine.types import Normalization
-    from engine.vl import VLExtractor
+    from engine.conditioning.vision import VLExtractor
 
     side = args.side or (64 if args.quick else 512)
     rounds = args.reps or (3 if args.quick else 15)
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="zvl-bench-vlstop-") as tmp:
         t0 = time.perf_counter()
         if args.quick:
-            from engine.tiny import make_tiny
+            from engine.models.tiny import make_tiny
 
             folder = make_tiny(Path(tmp))["qwen3vl"]
         else:

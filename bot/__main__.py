@@ -54,7 +54,7 @@ def _fail(message: str) -> int:
 
 
 def _settings(overrides: dict[str, Any]):
-    from engine.settings import load_settings
+    from engine.config import load_settings
 
     return load_settings({k: v for k, v in overrides.items() if v is not None})
 
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "run"
     overrides = {k: v for k, v in vars(args).items() if k != "command"}
-    from engine.settings import SettingsError
+    from engine.config import SettingsError
 
     try:
         if command == "migrate":
@@ -98,7 +98,7 @@ def _commands(overrides: dict[str, Any]) -> int:
 
 def _run(overrides: dict[str, Any]) -> int:
     from bot.log import setup_logging
-    from engine.settings import SettingsError, check_model_folders, resolve_demo
+    from engine.config import SettingsError, check_model_folders, resolve_demo
 
     settings = _settings(overrides)
     if settings.discord_token is None or not settings.discord_token.get_secret_value().strip():

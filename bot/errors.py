@@ -28,8 +28,8 @@ import discord
 from discord import app_commands
 
 from bot.store import InvalidPresetName, PresetExistsError
-from engine.images import ReferenceImageError
-from engine.queue import QueueFull
+from engine.media.images import ReferenceImageError
+from engine.serving.queue import QueueFull
 
 log = logging.getLogger(__name__)
 

@@ -47,13 +47,13 @@ from bot.store import JobKind, JobStatus, Store, resolve_params
 from bot.store.db import utcnow
 from bot.ui.buttons import PresetNameModal, status_view
 from bot.ui.embeds import info_embed, settings_lines, status_line
-from engine.progress import EventKind, ProgressEvent
-from engine.queue import Job, JobOutcome
-from engine.sweep import SweepPlan, plan_sweep
+from engine.serving.events import EventKind, ProgressEvent
+from engine.serving.queue import Job, JobOutcome
+from engine.sweep.plan import SweepPlan, plan_sweep
 from engine.types import StylizeRequest, alpha_to_style_weight
 
 if TYPE_CHECKING:  # pragma: no cover
-    from engine.worker import EngineWorker
+    from engine.serving.worker import EngineWorker
 
 log = logging.getLogger(__name__)
 

@@ -28,11 +28,11 @@ import discord
 from bot.results import Outgoing
 from bot.ui.buttons import status_view
 from bot.ui.embeds import status_line
-from engine.progress import EventKind, ProgressEvent, throttle
-from engine.queue import Job, JobOutcome, JobStatus
+from engine.serving.events import EventKind, ProgressEvent, throttle
+from engine.serving.queue import Job, JobOutcome, JobStatus
 
 if TYPE_CHECKING:  # pragma: no cover
-    from engine.worker import EngineWorker
+    from engine.serving.worker import EngineWorker
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class Delivery:
 
 
 class Notifier:
-    """Follows jobs of an :class:`~engine.worker.EngineWorker` and keeps their Discord messages up to date.
+    """Follows jobs of an :class:`~engine.serving.worker.EngineWorker` and keeps their Discord messages up to date.
 
     ``render(job, outcome, limit)`` builds the final message (``bot.results.render_result``); ``now`` is the wall
     clock used for token age, ``clock`` the monotonic clock of the edit throttle (both replaceable in tests).
@@ -121,7 +121,7 @@ class Notifier:
             log.exception("job=%s: keeping its Discord message up to date failed", job.id)
 
     async def _progress(self, job: Job, just_edited: bool = False) -> None:
-        """Throttled edits for every event until the final one (``engine.progress.throttle``: the newest state,
+        """Throttled edits for every event until the final one (``engine.serving.events.throttle``: the newest state,
         at most one edit per ``interval``)."""
         events = self.worker.subscribe(job.id)
         start = self.clock() if just_edited else -math.inf

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.store.defaults import PRESET_KEYS, USER_DEFAULT_KEYS, global_defaults, resolve_params
-from engine.sweep import PRESETS as SWEEP_PRESETS
-from engine.sweep import parse_values
+from engine.sweep.plan import PRESETS as SWEEP_PRESETS
+from engine.sweep.plan import parse_values
 from engine.types import (
     BlendMode,
     FitMode,
@@ -42,7 +42,7 @@ SIZES: dict[str, tuple[int, int]] = {
 }
 
 #: What each blend mode does, in plain words (one line for option labels, a few sentences for ``/blendmode info``).
-#: Kept in step with the docstrings of ``engine.blending``.
+#: Kept in step with the docstrings of ``engine.conditioning.blend``.
 BLEND_MODES: dict[BlendMode, tuple[str, str]] = {
     BlendMode.POOL: (
         "default: averages the whole reference into the prompt",

@@ -6,7 +6,7 @@ Order (cheap first, so a bad file costs as little as possible):
    (its count and aspect ratio; a PNG/JPEG/GIF/WebP that Discord gave no size is no image it could read); no
    network, so it runs before the interaction is even deferred;
 2. :meth:`ReferenceStore.fetch` — download (the declared size is re-checked on the bytes), then
-   ``engine.images.load_reference`` in a thread (magic bytes vs. declared type, decoded-pixel limit before decoding,
+   ``engine.media.images.load_reference`` in a thread (magic bytes vs. declared type, decoded-pixel limit before decoding,
    full decode, EXIF orientation, alpha/CMYK/16-bit/palette to RGB, first frame of an animation);
 3. the sanitised image is shrunk to at most :data:`MAX_SIDE` pixels on its long side (Qwen3-VL reads about a
    megapixel anyway, and a queued job must not hold a 40-megapixel bitmap) and stored as
@@ -29,7 +29,7 @@ import discord
 from PIL import Image
 
 from bot.errors import UserError
-from engine.images import ReferenceImageError, check_reference_shape, load_reference, load_reference_path
+from engine.media.images import ReferenceImageError, check_reference_shape, load_reference, load_reference_path
 
 log = logging.getLogger(__name__)
 

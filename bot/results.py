@@ -18,9 +18,9 @@ from bot.params import describe_layer
 from bot.text import display_text
 from bot.ui.buttons import result_view
 from bot.ui.embeds import params_json, result_embed, sweep_embed
-from engine.grid import fit_grid_for_upload, make_sweep_grid
-from engine.images import encode_for_upload, png_with_metadata
-from engine.queue import Job, JobOutcome
+from engine.media.grid import fit_grid_for_upload, make_sweep_grid
+from engine.media.images import encode_for_upload, png_with_metadata
+from engine.serving.queue import Job, JobOutcome
 
 
 @dataclass

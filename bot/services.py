@@ -26,14 +26,14 @@ from bot.references import ReferenceStore
 from bot.results import render_result
 from bot.retention import Retention
 from bot.store import Store
-from engine.cache import EmbeddingCache
-from engine.worker import EngineWorker
+from engine.cache.store import EmbeddingCache
+from engine.serving.worker import EngineWorker
 
 if TYPE_CHECKING:  # pragma: no cover
     import discord
 
-    from engine.settings import Settings
-    from engine.worker import PipelineLike
+    from engine.config import Settings
+    from engine.serving.worker import PipelineLike
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,10 @@ PipelineFactory = Callable[[], "PipelineLike"]
 
 
 def default_pipeline_factory(settings: Settings) -> PipelineFactory:
-    """Build ``engine.pipeline.StylePipeline`` from the settings, lazily (in the worker's thread, on first need)."""
+    """Build ``engine.generation.pipeline.StylePipeline`` from the settings, lazily (in the worker's thread, on first need)."""
 
     def build() -> PipelineLike:
-        from engine.pipeline import StylePipeline
+        from engine.generation.pipeline import StylePipeline
 
         # vl_auto_unload is the worker's job (once per job, after all its extractions); the extractor's own
         # unload-after-each-extraction would reload Qwen3-VL between the cells of a sweep.

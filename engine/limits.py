@@ -3,8 +3,8 @@ settings and the pipeline's own checks accept for each numeric parameter (and th
 
 A leaf module (no project imports, no torch) so that every layer can read it: ``cogs._options`` declares the
 ranges to Discord *and* checks what Discord sends (a client can send values Discord's UI would refuse),
-``bot.store.defaults`` validates defaults and presets with it, ``engine.sweep`` its value lists,
-``engine.settings`` its ``Field`` bounds, ``engine.pipeline`` / ``engine.generate`` a request. One place to
+``bot.store.defaults`` validates defaults and presets with it, ``engine.sweep.plan`` its value lists,
+``engine.config`` its ``Field`` bounds, ``engine.generation.pipeline`` / ``engine.generation.zimage`` a request. One place to
 change a limit; a value accepted at the door is then accepted all the way to the DiT.
 """
 

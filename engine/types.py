@@ -68,7 +68,7 @@ class OutlierDirection(_Choice):
 
 
 class BlendMode(_Choice):
-    """How the VL sequence is mixed into the text embedding. See ``engine.blending`` for each formula."""
+    """How the VL sequence is mixed into the text embedding. See ``engine.conditioning.blend`` for each formula."""
 
     LINEAR = "linear"
     INTERPOLATE = "interpolate"
@@ -237,7 +237,7 @@ class StylizeRequest:
         :class:`VLResult`. The reference by object identity (one decoded image per job or run), the VL text, the
         layer(s), the token mode, normalisation, target std, outlier settings, and the text layer (per-dimension
         normalisation and masking compare against the text encoder's statistics at that layer). Not alpha nor the
-        blend mode. (The durable cache key, with pixels and model identity, is ``engine.jobkeys.pipeline_vl_key``.)
+        blend mode. (The durable cache key, with pixels and model identity, is ``engine.cache.keys.pipeline_vl_key``.)
         """
         layer = self.hidden_layer
         if not isinstance(layer, int):

@@ -29,7 +29,7 @@ class TinyModels:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     """Tiny random Z-Image and Qwen3-VL folders in the real HF layout (built once, a few seconds)."""
-    from engine.tiny import make_tiny
+    from engine.models.tiny import make_tiny
 
     root = tmp_path_factory.mktemp("tiny-models")
     paths = make_tiny(root)

@@ -1,11 +1,11 @@
-"""The embedding cache's index in SQLite (``cache_entries``): ``engine.cache.CacheIndex`` over aiosqlite."""
+"""The embedding cache's index in SQLite (``cache_entries``): ``engine.cache.store.CacheIndex`` over aiosqlite."""
 
 from __future__ import annotations
 
 import aiosqlite
 
 from bot.store.db import fetch_all, fetch_one, from_json, to_json, transaction
-from engine.cache import CacheEntry
+from engine.cache.store import CacheEntry
 
 
 def _entry(row: aiosqlite.Row) -> CacheEntry:

@@ -21,7 +21,7 @@ from typing import Any
 import aiosqlite
 
 from bot.store.db import fetch_all, fetch_one, from_db_time, from_json, to_db_time, to_json, transaction, utcnow
-from engine.queue import JobStatus
+from engine.serving.queue import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ INTERACTION_TOKEN_TTL = timedelta(minutes=15)
 EXPIRED_ERROR = "bot restarted; the request expired"
 
 
-# One status enum for the worker and the jobs table (engine.queue holds no torch: importing it stays cheap).
+# One status enum for the worker and the jobs table (engine.serving.queue holds no torch: importing it stays cheap).
 _FINAL = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED})
 
 

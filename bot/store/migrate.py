@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.db is not None:
         return run_migrate_cli(args.db)
-    from engine.settings import SettingsError, load_settings
+    from engine.config import SettingsError, load_settings
 
     try:
         db_path = load_settings().db_path

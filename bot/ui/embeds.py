@@ -16,7 +16,7 @@ import discord
 
 from bot.params import BLEND_MODES, describe_layer, size_name
 from bot.text import display_text
-from engine.progress import EventKind, ProgressEvent
+from engine.serving.events import EventKind, ProgressEvent
 from engine.types import BlendMode
 
 TITLE, DESCRIPTION, FIELD_NAME, FIELD_VALUE, FOOTER, TOTAL, FIELDS = 256, 4096, 256, 1024, 2048, 6000, 25

@@ -115,9 +115,9 @@ def test_gpu_full_tiny(tmp_path):
         _figure(line, "gpu_full")
 
 
-# ------------------------------------------------------------------------------------------------ engine.accel
+# ------------------------------------------------------------------------------------------------ engine.generation.accel
 def test_accel_fp8_filter_and_availability():
-    from engine import accel
+    from engine.generation import accel
 
     lin = torch.nn.Linear(32, 64)
     assert accel.fp8_filter(lin, "layers.0.attention.to_q")
@@ -130,8 +130,8 @@ def test_accel_fp8_filter_and_availability():
 
 
 def test_accel_prepare_off_and_fp8_skip(tiny_models):
-    from engine import accel
-    from engine.generate import Generator
+    from engine.generation import accel
+    from engine.generation.zimage import Generator
 
     gen = Generator.from_pretrained(tiny_models.zimage, "cpu", "float32")
     assert accel.prepare(gen) == {"fp8": False, "compile": False, "skipped": [], "errors": []}

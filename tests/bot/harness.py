@@ -20,15 +20,15 @@ from PIL import Image
 
 from bot.client import ZvlBot, create_bot
 from bot.discord_api import current_endpoints, point_discord_at
-from engine.generate import Cancelled
-from engine.settings import Settings, load_settings
+from engine.generation.zimage import Cancelled
+from engine.config import Settings, load_settings
 from engine.types import PositionKind, StylizeRequest, StylizeResult, VLResult
 from tests.fakediscord import FakeDiscord, InteractionRecord
 from tests.fakediscord import interactions as build
 
 
 class FakePipeline:
-    """``engine.worker.PipelineLike`` without models: a solid colour per (seed, alpha, mode), or noise.
+    """``engine.serving.worker.PipelineLike`` without models: a solid colour per (seed, alpha, mode), or noise.
 
     ``gate``: when given, every step waits for it (a test holds a job running). ``fail``: raise this in generate.
     ``step_s``: seconds per denoising step (to watch progress).

@@ -20,7 +20,7 @@ from bot.ui.embeds import (
     status_line,
     truncate,
 )
-from engine.progress import EventKind, ProgressEvent
+from engine.serving.events import EventKind, ProgressEvent
 
 RESOLVED = {"style_weight": 100.0, "alpha": 0.3, "blend_mode": "pool", "layer": -6, "tokens": "full", "seed": 7,
             "steps": 9, "width": 1248, "height": 832, "normalization": "global", "outlier_mode": "none"}

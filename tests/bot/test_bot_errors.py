@@ -7,8 +7,8 @@ from discord import app_commands
 
 from bot.errors import AdminOnly, NotYourJob, UserError, user_message
 from bot.store import InvalidPresetName, PresetExistsError
-from engine.images import ReferenceImageError
-from engine.queue import QueueFull
+from engine.media.images import ReferenceImageError
+from engine.serving.queue import QueueFull
 
 
 def invoke_error(original: Exception) -> app_commands.CommandInvokeError:

@@ -8,8 +8,8 @@ import time
 from datetime import datetime, timedelta, timezone
 
 from bot.notifier import Delivery, Notifier
-from engine.progress import EventKind, ProgressEvent
-from engine.queue import Job
+from engine.serving.events import EventKind, ProgressEvent
+from engine.serving.queue import Job
 from engine.types import StylizeRequest
 
 
@@ -102,7 +102,7 @@ async def test_delivery_is_retried_after_network_errors(monkeypatch) -> None:
 
     import bot.notifier as notifier_module
     from bot.results import Outgoing
-    from engine.queue import JobOutcome, JobStatus
+    from engine.serving.queue import JobOutcome, JobStatus
 
     monkeypatch.setattr(notifier_module, "RETRY_DELAYS", (0.0, 0.0))
     limits: list[int] = []

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bot.store import JobStatus
-from engine.images import read_png_metadata
+from engine.media.images import read_png_metadata
 from tests.bot.harness import FakePipeline, dispatch_modal_submit, make_settings, png, running_bot, wait_for
 from tests.fakediscord import FakeDiscord, InteractionRecord
 

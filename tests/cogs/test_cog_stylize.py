@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from bot.store import JobStatus
-from engine.images import read_metadata, read_png_metadata
+from engine.media.images import read_metadata, read_png_metadata
 from engine.types import BlendMode, style_weight_to_alpha
 from tests.bot.harness import FakePipeline, make_settings, png, running_bot, wait_for
 from tests.fakediscord import FakeDiscord, InteractionRecord

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from bot.params import BLEND_MODES
-from engine.images import read_png_metadata
+from engine.media.images import read_png_metadata
 from engine.types import BlendMode
 from tests.bot.harness import make_settings, png, running_bot
 from tests.fakediscord import FakeDiscord, InteractionRecord

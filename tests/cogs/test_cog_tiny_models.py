@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.images import read_png_metadata
+from engine.media.images import read_png_metadata
 from tests.bot.harness import make_settings, png, running_bot
 from tests.fakediscord import FakeDiscord
 

@@ -12,7 +12,7 @@ import time
 import pytest
 from PIL import Image
 
-from engine.images import read_metadata, read_png_metadata
+from engine.media.images import read_metadata, read_png_metadata
 from tests.e2e.botproc import job_id_of, result_file, wait_result
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(240)]

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from engine.images import read_png_metadata
+from engine.media.images import read_png_metadata
 from tests.e2e.botproc import job_id_of, result_file, wait_result
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(240)]

@@ -11,7 +11,7 @@ from datetime import datetime
 import pytest
 from PIL import Image
 
-from engine.images import read_png_metadata
+from engine.media.images import read_png_metadata
 from engine.types import style_weight_to_alpha
 from tests.e2e.botproc import ephemeral_texts, job_id_of, png_bytes, result_file, wait_result
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bot.store import SqliteCacheIndex, Store
-from engine.cache import CacheEntry, EmbeddingCache, MemoryCacheIndex, cache_key
+from engine.cache.store import CacheEntry, EmbeddingCache, MemoryCacheIndex, cache_key
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""The durable embedding cache: keys of what an extraction depends on, checksummed tensor files, the LRU index."""

@@ -1,0 +1,1 @@
+"""The Z-Image side: the StylePipeline, the diffusers generator, optional compile/FP8."""

@@ -1,0 +1,426 @@
+"""Z-Image generation from precomputed caption embeddings: a thin, checked layer over diffusers' pipelines.
+
+:class:`Generator` wraps ``ZImagePipeline`` (txt2img) and ``ZImageImg2ImgPipeline`` (img2img), built once from the
+same transformer, VAE and scheduler modules (nothing is loaded twice). It takes caption embeddings (``[L, D]`` per
+image, as ``prompt_embeds``), never prompts: the text encoder belongs to :class:`engine.conditioning.text.TextEncoder`, so it can
+live on another device or be unloaded independently of the DiT.
+
+What it fixes or pins relative to the seed (seed-behaviour §5, §6):
+
+* **Shift.** The scheduler's shift is set from the request on every call (default 3.0, Z-Image-Turbo's value). The
+  seed's experiment runner passed none and its own pipeline then used the resolution-dependent ``mu`` as the shift:
+  ≈1.15 at 1024², so all its "4 steps beat 9" results ran at the wrong schedule. A scheduler config with
+  ``use_dynamic_shifting=True`` is rebuilt with it off, so the requested shift is the one used.
+* **Caption limit.** Every caption goes through :func:`engine.conditioning.blend.fit_caption` (≤ 1504 rows; longer ones
+  crash the DiT's RoPE lookup).
+* **Seeds.** One CPU ``torch.Generator`` per image, seeded with that image's seed: a batch with seeds ``(a, b)``
+  starts from exactly the noise of two single runs with ``a`` and ``b`` and gives the same images up to float32
+  reordering (other batch shapes may take other kernels; pixels can differ by a level or two, never by content),
+  and seeds are portable across devices.
+* **img2img determinism.** diffusers 0.42.1 ``ZImageImg2ImgPipeline.prepare_latents`` samples the VAE latent with
+  ``retrieve_latents(vae.encode(image[i]), generator=generator[i])`` when given one generator per image, so passing
+  the per-image generators and one copy of the reference per image makes img2img fully deterministic (the seed's
+  pipeline sampled the latent without its generator). The reference is centre-cropped to the requested aspect
+  ratio and LANCZOS-resized to ``width x height``.
+* **CFG.** ``guidance_scale > 0`` (note: > 0, so 1.0 already runs CFG) needs a negative caption. If none is given,
+  the empty prompt ``""`` is encoded with the attached text encoder, as the pipeline's own default does.
+
+Progress and cancel: ``progress(step, total)`` is called after each denoising step (``total`` = the steps actually
+run: ``steps`` for txt2img, about ``steps * strength`` for img2img); ``should_abort()`` is polled before the first
+step, after each step and before decoding, and a ``True`` stops the loop (``pipe._interrupt = True``) and raises
+:class:`Cancelled`. Denoising runs with ``output_type="latent"`` and the VAE decode runs here (the pipeline's exact
+decode), so the two are timed separately.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageOps
+
+from engine.conditioning.blend import fit_caption
+from engine.limits import LIMITS
+from engine.models.loading import free_memory, model_loading, parse_dtype, resolve_device
+from engine.types import MAX_CAPTION_LEN, FitMode
+
+log = logging.getLogger(__name__)
+
+#: The Z-Image-Turbo schedule: 9 steps, shift 3.0, no CFG.
+DEFAULT_STEPS = 9
+DEFAULT_SHIFT = 3.0
+
+ProgressFn = Callable[[int, int], Any]
+AbortFn = Callable[[], bool]
+
+
+class Cancelled(Exception):
+    """Raised when ``should_abort()`` asked a generation to stop."""
+
+
+@dataclass
+class GenerationOutput:
+    """Images (one RGB PIL image per seed, in seed order), the full parameter record and stage timings."""
+
+    images: list[Image.Image]
+    params: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+
+def check_size(width: Any, height: Any) -> tuple[int, int]:
+    """``width``/``height`` within their ``engine.limits`` bounds (multiples of 16, the DiT's patch grid)."""
+    return LIMITS["width"].check(width), LIMITS["height"].check(height)
+
+
+def check_seeds(seeds: Any) -> list[int]:
+    if isinstance(seeds, (int,)) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    try:
+        values = list(seeds)
+    except TypeError:
+        raise ValueError(f"seeds must be a list of integers; got {seeds!r}") from None
+    if not values:
+        raise ValueError("seeds must hold at least one seed (one image per seed); got none")
+    return [LIMITS["seed"].check(s, "seeds") for s in values]
+
+
+def check_steps(steps: Any) -> int:
+    return LIMITS["steps"].check(steps)  # type: ignore[no-any-return]
+
+
+def check_strength(strength: Any) -> float:
+    return LIMITS["strength"].check(strength)  # type: ignore[no-any-return]
+
+
+def check_guidance(guidance_scale: Any) -> float:
+    """0 = no CFG, Turbo's setting."""
+    return LIMITS["guidance_scale"].check(guidance_scale)  # type: ignore[no-any-return]
+
+
+def check_shift(shift: Any) -> float:
+    """Z-Image-Turbo uses 3.0."""
+    return LIMITS["shift"].check(shift)  # type: ignore[no-any-return]
+
+
+def img2img_steps(steps: int, strength: float) -> int:
+    """Denoising steps img2img actually runs (diffusers 0.42.1 ``get_timesteps``): ``steps - int(steps - steps*s)``.
+
+    That rounds ``steps * strength`` up (9 steps at 0.9 → 9 - int(0.9) = 9; 3 at 0.9 → 3), where the seed's own
+    pipeline rounded down (``int(9 * 0.9) = 8``). Always at least 1 for ``strength > 0``.
+    """
+    init = min(steps * strength, steps)
+    return steps - int(max(steps - init, 0))
+
+
+def prepare_init_image(image: Image.Image, width: int, height: int) -> Image.Image:
+    """RGB, centre-cropped to ``width:height`` and LANCZOS-resized to exactly ``width x height``."""
+    img = image if image.mode == "RGB" else image.convert("RGB")
+    if img.size == (width, height):
+        return img
+    return ImageOps.fit(img, (width, height), Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+
+
+@dataclass
+class Denoised:
+    """What :meth:`Generator.denoise` returns: float32 latents ``[B, 16, H/8, W/8]``, parameters, seconds."""
+
+    latents: torch.Tensor
+    params: dict[str, Any]
+    seconds: float
+
+
+class Generator:
+    """Z-Image txt2img / img2img over shared modules. Build with :meth:`from_pretrained`."""
+
+    def __init__(self, transformer, vae, scheduler, *, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | str | None = None, text_encoder=None, path: str | Path | None = None,
+                 on_build: Callable[[Generator], Any] | None = None):
+        self.path = Path(path) if path is not None else None
+        #: Called with this Generator each time its modules are (re)built, e.g. ``engine.generation.accel.prepare`` for the
+        #: compile / FP8 settings, so an unload + reload keeps them. Its return value lands in ``build_report``.
+        self.on_build = on_build
+        self.build_report: Any = None
+        self.device = resolve_device(device)
+        self.dtype = parse_dtype(dtype, self.device) if dtype is not None else transformer.dtype
+        self.text_encoder = text_encoder  # an engine.conditioning.text.TextEncoder, for the automatic CFG negative
+        self._lock = threading.RLock()
+        self._pipe = None
+        self._img2img = None
+        self._negative: dict[tuple[int, bool], torch.Tensor] = {}
+        self._cap_dim: int | None = None
+        if transformer is not None:
+            self._build(transformer, vae, scheduler)
+
+    # ------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, zimage_dir: str | Path, device: str | torch.device = "auto",
+                        dtype: torch.dtype | str | None = "auto", text_encoder: bool = False, *,
+                        lazy: bool = False, on_build: Callable[[Generator], Any] | None = None) -> Generator:
+        """Load ``transformer/``, ``vae/`` and ``scheduler/`` of a diffusers Z-Image folder (+ the text encoder).
+
+        ``text_encoder=True`` also loads ``text_encoder/`` + ``tokenizer/`` as an :class:`engine.conditioning.text.TextEncoder`
+        on the same device (used for the automatic CFG negative). ``lazy=True`` loads on first use. ``on_build``: see
+        :attr:`on_build`.
+        """
+        dev = resolve_device(device)
+        dt = parse_dtype(dtype, dev)
+        gen = cls(None, None, None, device=dev, dtype=dt, path=zimage_dir, on_build=on_build)
+        if text_encoder:
+            from engine.conditioning.text import TextEncoder
+
+            gen.text_encoder = TextEncoder.from_pretrained(zimage_dir, dev, dt, lazy=lazy)
+        if not lazy:
+            gen.load()
+        return gen
+
+    def load(self) -> None:
+        with self._lock:
+            if self._pipe is not None:
+                return
+            if self.path is None:
+                raise RuntimeError("this Generator was built from modules and cannot reload them")
+            from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
+
+            log.info("loading Z-Image DiT + VAE from %s on %s (%s)", self.path, self.device, self.dtype)
+            with model_loading():
+                transformer = ZImageTransformer2DModel.from_pretrained(str(self.path), subfolder="transformer",
+                                                                       dtype=self.dtype, local_files_only=True)
+                vae = AutoencoderKL.from_pretrained(str(self.path), subfolder="vae", dtype=self.dtype,
+                                                    local_files_only=True)
+                scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(self.path), subfolder="scheduler",
+                                                                            local_files_only=True)
+            self._build(transformer.to(self.device).eval(), vae.to(self.device).eval(), scheduler)
+
+    def _build(self, transformer, vae, scheduler) -> None:
+        from diffusers import FlowMatchEulerDiscreteScheduler, ZImageImg2ImgPipeline, ZImagePipeline
+
+        if getattr(scheduler.config, "use_dynamic_shifting", False):
+            # with dynamic shifting the scheduler ignores its shift and uses the resolution-dependent mu (the seed's
+            # silent ~1.15); rebuild it static so the requested shift is what runs
+            scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, use_dynamic_shifting=False)
+        pipe = ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None,
+                              transformer=transformer)
+        img2img = ZImageImg2ImgPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None,
+                                        transformer=transformer)
+        for p in (pipe, img2img):
+            p.set_progress_bar_config(disable=True)
+        self._pipe, self._img2img = pipe, img2img
+        self._cap_dim = int(transformer.config.cap_feat_dim)
+        if self.on_build is not None:
+            self.build_report = self.on_build(self)
+
+    @property
+    def loaded(self) -> bool:
+        return self._pipe is not None
+
+    def unload(self) -> None:
+        """Free the DiT and VAE (the next call reloads them from the folder). The text encoder is not touched."""
+        with self._lock:
+            if self._pipe is None:
+                return
+            if self.path is None:
+                raise RuntimeError("this Generator was built from modules and cannot reload them; keep it loaded")
+            self._pipe = None
+            self._img2img = None
+            free_memory()
+
+    @property
+    def pipe(self):
+        """The txt2img ``ZImagePipeline`` (loads the modules first if needed)."""
+        self.load()
+        return self._pipe
+
+    @property
+    def img2img_pipe(self):
+        """The ``ZImageImg2ImgPipeline`` sharing :attr:`pipe`'s modules."""
+        self.load()
+        return self._img2img
+
+    @property
+    def caption_dim(self) -> int:
+        self.load()
+        return int(self._cap_dim)
+
+    # ------------------------------------------------------------------------------------------- helpers
+    def negative_embedding(self, layer: int = -2, think: bool = False) -> torch.Tensor:
+        """The empty prompt ``""`` encoded by the attached text encoder (memoised); what CFG uses by default."""
+        if self.text_encoder is None:
+            raise ValueError("guidance_scale > 0 needs negative_prompt_embeds or a text encoder to encode the empty "
+                             "negative prompt (Generator.from_pretrained(..., text_encoder=True))")
+        key = (int(layer), bool(think))
+        if key not in self._negative:
+            self._negative[key] = self.text_encoder.encode([""], layer=layer, think=think)[0]
+        return self._negative[key]
+
+    def _captions(self, embeds: Any, n: int, fit_mode: FitMode, name: str) -> list[torch.Tensor]:
+        if isinstance(embeds, torch.Tensor):
+            embeds = [embeds] if embeds.dim() == 2 else list(embeds)
+        try:
+            items = list(embeds)
+        except TypeError:
+            raise ValueError(f"{name} must be a [L, D] tensor or a list of them; got {type(embeds).__name__}") from None
+        if len(items) == 1 and n > 1:
+            items = items * n
+        if len(items) != n:
+            raise ValueError(f"{name} must hold one caption or one per seed ({n}); got {len(items)}")
+        out = []
+        for e in items:
+            if not isinstance(e, torch.Tensor) or e.dim() != 2 or e.shape[0] < 1 or not e.is_floating_point():
+                raise ValueError(f"{name} must be non-empty 2-D [L, D] float tensors; got "
+                                 f"{getattr(e, 'shape', type(e).__name__)}")
+            if e.shape[1] != self.caption_dim:
+                raise ValueError(f"{name} must have D = {self.caption_dim} (the DiT's cap_feat_dim); "
+                                 f"got {tuple(e.shape)}")
+            if not bool(torch.isfinite(e).all()):
+                raise ValueError(f"{name} contains NaN or infinite values")
+            e = fit_caption(e.float(), MAX_CAPTION_LEN, fit_mode)
+            out.append(e.to(device=self.device, dtype=self.pipe.transformer.dtype))
+        return out
+
+    # ------------------------------------------------------------------------------------------- generate
+    @torch.no_grad()
+    def denoise(
+        self,
+        prompt_embeds: torch.Tensor | Sequence[torch.Tensor],
+        *,
+        seeds: Sequence[int] | int = (0,),
+        steps: int = DEFAULT_STEPS,
+        guidance_scale: float = 0.0,
+        shift: float = DEFAULT_SHIFT,
+        width: int = 1024,
+        height: int = 1024,
+        image: Image.Image | Sequence[Image.Image] | None = None,
+        strength: float | None = None,
+        negative_prompt_embeds: torch.Tensor | Sequence[torch.Tensor] | None = None,
+        negative_layer: int = -2,
+        negative_think: bool = False,
+        fit_mode: FitMode | str = FitMode.POOL,
+        progress: ProgressFn | None = None,
+        should_abort: AbortFn | None = None,
+    ) -> Denoised:
+        """Run the denoising loop; returns the final latents (float32) and the parameter record.
+
+        ``prompt_embeds``: one ``[L, D]`` tensor (used for every seed) or one per seed. ``image`` + ``strength``
+        (``engine.limits.LIMITS["strength"]``) run img2img from ``image`` (both must be given; one image for all
+        seeds, or one per seed). ``negative_prompt_embeds`` (CFG only): one per seed or one for all; default: the
+        empty prompt encoded at ``negative_layer``/``negative_think`` by the attached text encoder. Raises ``ValueError`` naming the
+        parameter, and :class:`Cancelled` when ``should_abort()`` turns true.
+        """
+        seeds = check_seeds(seeds)
+        steps = check_steps(steps)
+        guidance = check_guidance(guidance_scale)
+        shift = check_shift(shift)
+        width, height = check_size(width, height)
+        fit = FitMode.parse(fit_mode, "fit_mode")
+        if strength is not None and image is None:
+            raise ValueError("strength needs a reference image for img2img; got strength without image")
+        n = len(seeds)
+        images: list[Image.Image] | None = None
+        if image is not None:
+            if strength is None:
+                raise ValueError(f"strength must be given for img2img ({LIMITS['strength'].describe()}); got None")
+            strength = check_strength(strength)
+            images = [image] if isinstance(image, Image.Image) else list(image)
+            if len(images) == 1:
+                images = images * n
+            if len(images) != n or not all(isinstance(im, Image.Image) for im in images):
+                raise ValueError(f"image must be a PIL image or one PIL image per seed ({n})")
+        with self._lock:
+            captions = self._captions(prompt_embeds, n, fit, "prompt_embeds")
+            negatives = None
+            if guidance > 0:
+                neg = negative_prompt_embeds
+                if neg is None:
+                    neg = self.negative_embedding(negative_layer, negative_think)
+                negatives = self._captions(neg, n, fit, "negative_prompt_embeds")
+            generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+            pipe = self.img2img_pipe if image is not None else self.pipe
+            scheduler = pipe.scheduler
+            scheduler.set_shift(shift)  # every call: the request's shift, never a leftover or mu
+            total = img2img_steps(steps, strength) if image is not None else steps
+
+            def on_step(p, i, _t, kwargs):
+                if progress is not None:
+                    progress(i + 1, total)
+                if should_abort is not None and should_abort():
+                    p._interrupt = True
+                    raise Cancelled(f"cancelled after step {i + 1} of {total}")
+                return kwargs
+
+            if should_abort is not None and should_abort():
+                raise Cancelled("cancelled before the first step")
+            call: dict[str, Any] = dict(
+                prompt_embeds=captions, negative_prompt_embeds=negatives, height=height, width=width,
+                num_inference_steps=steps, guidance_scale=guidance, generator=generators, output_type="latent",
+                callback_on_step_end=on_step,
+            )
+            init_size = None
+            if images is not None:
+                inits = {id(im): prepare_init_image(im, width, height) for im in images}
+                init_size = [list(im.size) for im in images]
+                init_size = init_size[0] if all(sz == init_size[0] for sz in init_size) else init_size
+                # one image per seed: diffusers then samples image i's VAE latent with generator i
+                call.update(image=[inits[id(im)] for im in images], strength=strength)
+            t0 = time.perf_counter()
+            latents = pipe(**call).images
+            seconds = time.perf_counter() - t0
+            params = {
+                "shift": float(scheduler.shift),
+                "steps": steps,
+                "denoise_steps": total,
+                "guidance_scale": guidance,
+                "cfg": guidance > 0,
+                "seeds": list(seeds),
+                "width": width,
+                "height": height,
+                "strength": strength if image is not None else None,
+                "mode": "img2img" if image is not None else "txt2img",
+                "init_image_size": init_size,
+                "caption_lengths": [int(c.shape[0]) for c in captions],
+                "negative_lengths": [int(c.shape[0]) for c in negatives] if negatives else None,
+                "fit_mode": fit.value,
+                "sigmas": [round(float(s), 6) for s in scheduler.sigmas.tolist()],
+                "dtype": str(pipe.transformer.dtype).replace("torch.", ""),
+                "device": str(self.device),
+            }
+        return Denoised(latents=latents, params=params, seconds=seconds)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        """The pipeline's own decode: ``latents / scaling_factor + shift_factor`` → VAE → RGB PIL images.
+
+        Decodes one image at a time: a batched VAE decode gives slightly different pixels (±1-3 levels measured on
+        the tiny model) than a single one, and one at a time also bounds peak memory at large sizes; the VAE is a
+        small part of the time (0.09 s per 1024² image on an H200 vs 1.4 s denoising).
+        """
+        with self._lock:
+            pipe = self.pipe
+            vae = pipe.vae
+            images: list[Image.Image] = []
+            for i in range(latents.shape[0]):
+                x = latents[i:i + 1].to(device=self.device, dtype=vae.dtype)
+                x = x / vae.config.scaling_factor + vae.config.shift_factor
+                decoded = vae.decode(x, return_dict=False)[0]
+                images.extend(pipe.image_processor.postprocess(decoded, output_type="pil"))
+            return images
+
+    def generate(self, prompt_embeds: torch.Tensor | Sequence[torch.Tensor], *,
+                 should_abort: AbortFn | None = None, **kwargs: Any) -> GenerationOutput:
+        """:meth:`denoise` then :meth:`decode` (same arguments as :meth:`denoise`); images in seed order."""
+        t0 = time.perf_counter()
+        den = self.denoise(prompt_embeds, should_abort=should_abort, **kwargs)
+        if should_abort is not None and should_abort():
+            raise Cancelled("cancelled before decoding")
+        t1 = time.perf_counter()
+        images = self.decode(den.latents)
+        t_decode = time.perf_counter() - t1
+        return GenerationOutput(images=images, params=den.params,
+                                timings={"denoise": den.seconds, "decode": t_decode,
+                                         "generate": time.perf_counter() - t0})

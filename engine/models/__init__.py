@@ -1,0 +1,1 @@
+"""Model folders: local loading, device/dtype policy, the tiny random models."""
