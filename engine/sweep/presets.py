@@ -117,7 +117,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            note="Blend mode, alpha and tokens from the request (defaults pool, 0.3, full)."),
     Preset("modes", "every blend mode at the request's alpha",
            axes={"mode": tuple(BlendMode)}, seed=False,
-           note="style_delta subtracts a neutral grey reference's extraction; append adds pooled image rows after the prompt."),
+           note="style_delta subtracts a neutral grey reference's extraction; append adds pooled image rows after "
+                "the prompt."),
 ]}
 
 
