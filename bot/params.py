@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.store.defaults import PRESET_KEYS, USER_DEFAULT_KEYS, global_defaults, resolve_params
-from engine.sweep.plan import PRESETS as SWEEP_PRESETS
-from engine.sweep.plan import parse_values
+from engine.sweep.presets import PRESETS as SWEEP_PRESETS
+from engine.sweep.axes import parse_values
 from engine.types import (
     BlendMode,
     FitMode,

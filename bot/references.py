@@ -20,7 +20,6 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import discord
 from PIL import Image
 
 from bot.errors import UserError
+from engine.files import atomic_write_bytes
 from engine.media.images import ReferenceImageError, check_reference_shape, load_reference, load_reference_path
 
 log = logging.getLogger(__name__)
@@ -128,15 +128,7 @@ class ReferenceStore:
         if path.exists():
             os.utime(path)  # reused: its age for the retention clean-up (bot.retention) counts from now
         else:
-            self.root.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".png")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write_bytes(path, data)  # makes the folder; a crash never leaves half a PNG under its hash
         return Reference(image, digest, path)
 
     async def load(self, record: dict[str, Any]) -> Reference:

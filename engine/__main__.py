@@ -1,6 +1,6 @@
-"""``python -m engine make-tiny | stylize | sweep`` (see :mod:`engine.cli.main`)."""
+"""``python -m engine make-tiny | stylize | sweep`` (see :mod:`engine.cli`)."""
 
-from engine.cli.main import main
+from engine.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

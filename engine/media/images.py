@@ -27,6 +27,8 @@ from typing import Any
 
 from PIL import Image, ImageOps, PngImagePlugin
 
+from engine.media.colour import to_rgb
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -37,7 +39,6 @@ __all__ = [
     "check_reference_shape",
     "load_reference",
     "load_reference_path",
-    "to_rgb",
     "png_with_metadata",
     "read_png_metadata",
     "read_metadata",
@@ -118,6 +119,25 @@ def load_reference(data: bytes, *, max_bytes: int = 20 << 20, max_pixels: int = 
 
     Raises :class:`ReferenceImageError` (a ``ValueError``) with a user-safe one-line message on any refusal.
     """
+    data, kind = _checked_bytes(data, max_bytes, declared_type)
+    pil_format = FORMATS[kind][0]
+    with warnings.catch_warnings():
+        # Our own limit (below) is the one that decides; Pillow's warning would only repeat it.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")  # "Corrupt EXIF data" and alike
+        im = _open_checked(data, pil_format, max_pixels)
+        _decode_first_frame(im, pil_format, max_pixels)
+        try:
+            im = to_rgb(_apply_orientation(im))
+        except Exception:  # noqa: BLE001
+            raise ReferenceImageError(f"the reference image uses an unsupported colour mode ({im.mode})") from None
+    if im.width * im.height > max_pixels:  # cannot happen (transposing keeps the count); belt and braces
+        raise ReferenceImageError(_too_many_pixels_message(im.size, max_pixels))
+    return im
+
+
+def _checked_bytes(data: Any, max_bytes: int, declared_type: str | None) -> tuple[bytes, str]:
+    """Steps 1-2: the bytes, their size, and the format their magic bytes name (agreeing with ``declared_type``)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ReferenceImageError("the reference image must be given as bytes")
     data = bytes(data)
@@ -134,41 +154,36 @@ def load_reference(data: bytes, *, max_bytes: int = 20 << 20, max_pixels: int = 
             raise ReferenceImageError(
                 f"the reference claims to be {declared_type.split(';', 1)[0].strip()} but its contents are "
                 f"{FORMATS[kind][1]}; refusing a mislabelled file")
+    return data, kind
 
-    pil_format = FORMATS[kind][0]
-    with warnings.catch_warnings():
-        # Our own limit (below) is the one that decides; Pillow's warning would only repeat it.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")  # "Corrupt EXIF data" and alike
-        try:
-            im = Image.open(io.BytesIO(data), formats=[pil_format])
-        except Image.DecompressionBombError:
-            raise ReferenceImageError(_too_many_pixels_message(None, max_pixels)) from None
-        except Exception:  # noqa: BLE001 - Pillow raises many types for hostile headers
-            raise ReferenceImageError(f"the reference image could not be read: not a valid {pil_format} file") from None
 
-        width, height = im.size
-        check_reference_shape(width, height)
-        if width * height > max_pixels:
-            raise ReferenceImageError(_too_many_pixels_message((width, height), max_pixels))
-        try:
-            im.seek(0)  # animated GIF / WebP / APNG, multi-page TIFF: the first frame
-            im.load()
-        except Image.DecompressionBombError:
-            raise ReferenceImageError(_too_many_pixels_message((width, height), max_pixels)) from None
-        except MemoryError:
-            raise ReferenceImageError("the reference image is too large to decode") from None
-        except Exception:  # noqa: BLE001 - truncated data raises OSError, bad tables ValueError/SyntaxError/...
-            raise ReferenceImageError(
-                f"the reference image is corrupt or truncated (its {pil_format} data could not be decoded)") from None
-
-        try:
-            im = to_rgb(_apply_orientation(im))
-        except Exception:  # noqa: BLE001
-            raise ReferenceImageError(f"the reference image uses an unsupported colour mode ({im.mode})") from None
-    if im.width * im.height > max_pixels:  # cannot happen (transposing keeps the count); belt and braces
-        raise ReferenceImageError(_too_many_pixels_message(im.size, max_pixels))
+def _open_checked(data: bytes, pil_format: str, max_pixels: int) -> Image.Image:
+    """Step 3: open (header only) and refuse a shape or pixel count over the limits before anything is decoded."""
+    try:
+        im = Image.open(io.BytesIO(data), formats=[pil_format])
+    except Image.DecompressionBombError:
+        raise ReferenceImageError(_too_many_pixels_message(None, max_pixels)) from None
+    except Exception:  # noqa: BLE001 - Pillow raises many types for hostile headers
+        raise ReferenceImageError(f"the reference image could not be read: not a valid {pil_format} file") from None
+    width, height = im.size
+    check_reference_shape(width, height)
+    if width * height > max_pixels:
+        raise ReferenceImageError(_too_many_pixels_message((width, height), max_pixels))
     return im
+
+
+def _decode_first_frame(im: Image.Image, pil_format: str, max_pixels: int) -> None:
+    """Step 4: decode the first frame completely; truncated or corrupt data is refused, never half-decoded."""
+    try:
+        im.seek(0)  # animated GIF / WebP / APNG, multi-page TIFF: the first frame
+        im.load()
+    except Image.DecompressionBombError:
+        raise ReferenceImageError(_too_many_pixels_message(im.size, max_pixels)) from None
+    except MemoryError:
+        raise ReferenceImageError("the reference image is too large to decode") from None
+    except Exception:  # noqa: BLE001 - truncated data raises OSError, bad tables ValueError/SyntaxError/...
+        raise ReferenceImageError(
+            f"the reference image is corrupt or truncated (its {pil_format} data could not be decoded)") from None
 
 
 def check_reference_shape(width: int, height: int) -> None:
@@ -199,61 +214,6 @@ def _apply_orientation(im: Image.Image) -> Image.Image:
         log.info("ignoring a malformed EXIF orientation in a reference image")
         return im
     return out if out is not None else im
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Bring any Pillow image to 8-bit RGB: alpha over white, 16/32-bit grey scaled, palette/CMYK/LA/grey converted."""
-    mode = im.mode
-    if mode == "RGB":
-        return im.copy()  # detached from the source file object
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        return _wide_grey_to_rgb(im)
-    has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or (mode in ("P", "L", "RGB", "1") and
-                                                               "transparency" in im.info)
-    if has_alpha:
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    if mode == "CMYK" and im.info.get("icc_profile"):
-        converted = _cmyk_via_icc(im)
-        if converted is not None:
-            return converted
-    # P, L, 1, CMYK (Pillow inverts Adobe CMYK JPEGs on decode), YCbCr, LAB, HSV
-    return im.convert("RGB")
-
-
-def _cmyk_via_icc(im: Image.Image) -> Image.Image | None:
-    """CMYK with an embedded ICC profile converted to sRGB through LittleCMS (the naive formula is far off for print
-    profiles); ``None`` when the profile cannot be used."""
-    try:
-        from PIL import ImageCms
-
-        src = ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"]))
-        dst = ImageCms.createProfile("sRGB")
-        return ImageCms.profileToProfile(im, src, dst, outputMode="RGB")
-    except Exception:  # noqa: BLE001 - a broken or unsupported profile falls back to Pillow's plain conversion
-        return None
-
-
-def _wide_grey_to_rgb(im: Image.Image) -> Image.Image:
-    """16-bit grey (``I;16*``) maps 0..65535 onto 0..255; ``I`` (32-bit) is scaled as 16-bit when its values exceed
-    255 (that is how 16-bit PNG/TIFF grey often arrives), else taken as 8-bit; ``F`` (float) as 0..1 when its maximum
-    is at most 1, else clipped to 0..255."""
-    import numpy as np
-
-    if im.mode.startswith("I;16"):
-        arr = np.asarray(im).astype(np.float64)
-        arr = arr / 65535.0 * 255.0
-    elif im.mode == "I":
-        arr = np.asarray(im).astype(np.float64)
-        arr = arr / 65535.0 * 255.0 if arr.size and arr.max() > 255 else arr
-    else:  # F
-        arr = np.asarray(im).astype(np.float64)
-        arr = np.nan_to_num(arr, nan=0.0, posinf=255.0, neginf=0.0)
-        if arr.size and arr.max() <= 1.0:
-            arr = arr * 255.0
-    grey = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
-    return grey.convert("RGB")
 
 
 def load_reference_path(path: str | Path, *, max_bytes: int = 20 << 20, max_pixels: int = 40_000_000) -> Image.Image:

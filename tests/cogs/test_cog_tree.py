@@ -14,7 +14,7 @@ import pytest
 
 from bot.client import command_payload, create_bot
 from bot.params import BLEND_MODES, SIZES
-from engine.sweep.plan import preset_names
+from engine.sweep.presets import preset_names
 from engine.types import style_weight_to_alpha
 from tests.bot.harness import make_settings
 

@@ -1,4 +1,4 @@
-"""engine.cli.main: the real command line on tiny models, error exits, and the sweep runner with a fake pipeline."""
+"""engine.cli: the real command line on tiny models, error exits, and the sweep runner with a fake pipeline."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.cli.main import Progress, cell_filename, main, run_sweep
+from engine.cli import main
+from engine.cli._output import Progress
+from engine.cli.sweep_run import cell_filename, run_sweep
 from engine.media.images import read_png_metadata
 from engine.sweep.plan import plan_sweep
 from engine.types import StylizeRequest, StylizeResult, VLResult
@@ -236,12 +238,38 @@ def test_cell_filename_and_vl_key():
     assert a.vl_identity() != a.replace(vl_text="other").vl_identity()
 
 
-def test_progress_lines_without_tty():
-    buf = io.StringIO()
-    p = Progress(True, buf)
-    p.transient("[1/3] step")  # not a terminal: transient lines are skipped
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _draw_a_cell(p: Progress) -> None:
+    with p.bar("loading models", total=1, unit="model") as bar:
+        bar.update(1)
+    with p.steps("[1/3] alpha=0.1") as on_step:
+        on_step(1, 2)
+        on_step(2, 2)
     p.line("[1/3] alpha=0.1: ok")
+
+
+def test_progress_lines_without_tty():
+    """Not a terminal: no bars (tqdm's own tty check), only the lines that stay."""
+    buf = io.StringIO()
+    _draw_a_cell(Progress(True, buf))
     assert buf.getvalue() == "[1/3] alpha=0.1: ok\n"
+
+
+def test_progress_bars_on_a_terminal_but_not_with_json_or_quiet():
+    """A terminal gets tqdm bars beside the lines; --json keeps the lines only; --quiet prints nothing."""
+    tty = _Terminal()
+    _draw_a_cell(Progress(True, tty))
+    assert "loading models" in tty.getvalue() and "[1/3] alpha=0.1: ok\n" in tty.getvalue()
+    json_mode = _Terminal()
+    _draw_a_cell(Progress(True, json_mode, bars=False))
+    assert json_mode.getvalue() == "[1/3] alpha=0.1: ok\n"
+    quiet = _Terminal()
+    _draw_a_cell(Progress(False, quiet))
+    assert quiet.getvalue() == ""
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from engine.media.grid import _font, fit_grid_for_upload, grid_columns, make_grid, make_sweep_grid, wrap_text
+from engine.media.grid import fit_grid_for_upload, grid_columns, load_font, make_grid, make_sweep_grid, wrap_text
 from engine.media.images import read_metadata
 from engine.sweep.plan import plan_sweep
 from engine.types import StylizeRequest
@@ -21,7 +21,7 @@ def _imgs(n, size=(40, 40)):
 
 
 def test_wrap_keeps_every_character():
-    font = _font(14)
+    font = load_font(14)
     text = "alpha=0.3 | layer=-16 | tokens=image_no_markers | supercalifragilisticexpialidocious" * 2
     lines = wrap_text(text, font, 80)
     assert len(lines) > 3

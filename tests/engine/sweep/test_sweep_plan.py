@@ -1,4 +1,4 @@
-"""engine.sweep.plan: every preset planned, the pure-text baseline, overrides, limits and errors."""
+"""engine.sweep (axes, presets, plan): every preset planned, the pure-text baseline, overrides, limits and errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from engine.sweep.plan import AXES, PRESETS, format_axis_value, parse_values, plan_sweep, preset_names
+from engine.sweep.axes import AXES, format_axis_value, parse_values
+from engine.sweep.plan import plan_sweep
+from engine.sweep.presets import PRESETS, preset_names
 from engine.types import BlendMode, LayerWeight, Normalization, OutlierMode, StylizeRequest, TokenMode
 
 REF = Image.new("RGB", (32, 32), (200, 10, 10))
