@@ -54,9 +54,9 @@ def _fail(message: str) -> int:
 
 
 def _settings(overrides: dict[str, Any]):
-    from engine.config import load_settings
+    from bot.settings import load_bot_settings
 
-    return load_settings({k: v for k, v in overrides.items() if v is not None})
+    return load_bot_settings({k: v for k, v in overrides.items() if v is not None})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,7 +98,9 @@ def _commands(overrides: dict[str, Any]) -> int:
 
 def _run(overrides: dict[str, Any]) -> int:
     from bot.log import setup_logging
-    from engine.config import SettingsError, check_model_folders, resolve_demo
+    from engine.config import SettingsError
+    from engine.models.folders import check_model_folders
+    from engine.models.tiny import resolve_demo
 
     settings = _settings(overrides)
     if settings.discord_token is None or not settings.discord_token.get_secret_value().strip():

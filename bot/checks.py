@@ -10,27 +10,31 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-if TYPE_CHECKING:  # pragma: no cover
-    from bot.services import Services
-
 T = TypeVar("T")
 
 
-def services_of(interaction: discord.Interaction) -> Services:
-    """The services handle of the bot that received ``interaction``."""
+class _Access(Protocol):
+    """What the checks need of the bot's services (``bot.services.Services`` has it; declared here so that this
+    leaf module imports nothing of the services that use it)."""
+
+    settings: Any  # owner_ids, admin_role_id
+    cooldowns: Cooldowns
+
+
+def _access(interaction: discord.Interaction) -> _Access:
     return interaction.client.services  # type: ignore[attr-defined,no-any-return]
 
 
 async def is_bot_admin(interaction: discord.Interaction) -> bool:
     """Owner ids from the settings, the application's owner or team, or the configured admin role."""
     user = interaction.user
-    settings = services_of(interaction).settings
+    settings = _access(interaction).settings
     if user.id in settings.owner_ids:
         return True
     role_id = settings.admin_role_id
@@ -103,7 +107,7 @@ def generation_cooldown() -> Callable[[T], T]:
     """A check applying the shared per-user generation cooldown."""
 
     async def predicate(interaction: discord.Interaction) -> Any:
-        services_of(interaction).cooldowns.check(interaction.user.id)
+        _access(interaction).cooldowns.check(interaction.user.id)
         return True
 
     return app_commands.check(predicate)

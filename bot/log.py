@@ -51,9 +51,8 @@ def setup_logging(level: str = "INFO", secrets: Iterable[str] = (), stream=None)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
     handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "_zvl", False)]:
-        root.removeHandler(old)
-    handler._zvl = True  # type: ignore[attr-defined]
+    for old in [h for h in root.handlers if any(isinstance(f, RedactingFilter) for f in h.filters)]:
+        root.removeHandler(old)  # ours from an earlier call (a restart in the same process): one handler, not two
     root.addHandler(handler)
     root.setLevel(level)
     for noisy in ("discord.gateway", "discord.http", "httpx", "urllib3"):

@@ -32,7 +32,7 @@ from engine.serving.worker import EngineWorker
 if TYPE_CHECKING:  # pragma: no cover
     import discord
 
-    from engine.config import Settings
+    from bot.settings import BotSettings
     from engine.serving.worker import PipelineLike
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 PipelineFactory = Callable[[], "PipelineLike"]
 
 
-def default_pipeline_factory(settings: Settings) -> PipelineFactory:
+def default_pipeline_factory(settings: BotSettings) -> PipelineFactory:
     """Build ``engine.generation.pipeline.StylePipeline`` from the settings, lazily (in the worker's thread, on first need)."""
 
     def build() -> PipelineLike:
@@ -57,7 +57,7 @@ def default_pipeline_factory(settings: Settings) -> PipelineFactory:
 class Services:
     """Everything the cogs and buttons reach; see the module docstring for the lifecycle."""
 
-    settings: Settings
+    settings: BotSettings
     store: Store
     cache: EmbeddingCache
     worker: EngineWorker
@@ -75,7 +75,7 @@ class Services:
                                        self.settings.retention_days)
 
     @classmethod
-    async def open(cls, bot: discord.Client, settings: Settings, pipeline_factory: PipelineFactory | None = None,
+    async def open(cls, bot: discord.Client, settings: BotSettings, pipeline_factory: PipelineFactory | None = None,
                    *, progress_interval: float = 2.0) -> Services:
         """Open the database (applying migrations) and build every service; nothing runs yet (see :meth:`start`)."""
         store = await Store.open(settings.db_path)
@@ -134,3 +134,8 @@ def devices() -> dict[str, Any]:
                                 "allocated": torch.cuda.memory_allocated(i), "reserved": torch.cuda.memory_reserved(i),
                                 "total": torch.cuda.get_device_properties(i).total_memory})
     return out
+
+
+def services_of(interaction: discord.Interaction) -> Services:
+    """The services handle of the bot that received ``interaction`` (what every cog reaches everything through)."""
+    return interaction.client.services  # type: ignore[attr-defined,no-any-return]

@@ -9,9 +9,9 @@ from __future__ import annotations
 import discord
 from discord import app_commands
 
-from bot.checks import services_of
 from bot.errors import UserError
 from bot.params import BLEND_MODES, RESETTABLE, SIZES, check_axis_values, sweep_presets
+from bot.services import services_of
 from engine.limits import LIMITS
 
 _OPTION_TYPES = {int: discord.AppCommandOptionType.integer, float: discord.AppCommandOptionType.number,

@@ -11,8 +11,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.checks import is_bot_admin, services_of
+from bot.checks import is_bot_admin
 from bot.errors import AdminOnly, UserError
+from bot.services import services_of
 from bot.ui.embeds import info_embed, job_line
 
 

@@ -6,8 +6,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.checks import generation_cooldown, services_of
+from bot.checks import generation_cooldown
 from bot.params import GenerationOptions
+from bot.services import services_of
 from bot.store import JobKind
 from bot.ui.embeds import info_embed, modes_embed, settings_lines
 from cogs._options import (

@@ -6,9 +6,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.checks import services_of
 from bot.errors import UserError
 from bot.params import RESET_KEYS, GenerationOptions, effective_settings
+from bot.services import services_of
 from bot.ui.embeds import info_embed, settings_lines
 from cogs._options import (
     DESCRIBE,

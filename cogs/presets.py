@@ -9,9 +9,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.checks import generation_cooldown, manage_guild, services_of
+from bot.checks import generation_cooldown, manage_guild
 from bot.errors import UserError
 from bot.params import GenerationOptions, defaults_from
+from bot.services import services_of
 from bot.ui.embeds import info_embed, settings_lines
 from cogs._options import (
     DESCRIBE,

@@ -6,8 +6,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.checks import services_of
 from bot.errors import UserError
+from bot.services import services_of
 from bot.ui.buttons import JobButton
 from bot.ui.embeds import info_embed, job_line
 

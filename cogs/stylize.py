@@ -6,8 +6,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.checks import generation_cooldown, services_of
+from bot.checks import generation_cooldown
 from bot.params import GenerationOptions
+from bot.services import services_of
 from cogs._options import (
     DESCRIBE,
     BlendModeName,

@@ -1,4 +1,7 @@
-"""zvl-bot's one settings model, shared by the bot (``python -m bot``) and the CLI (``python -m engine``).
+"""The engine's settings (models, devices, generation defaults, queue limits), read by the CLI and the worker.
+
+The bot's settings (``bot.settings.BotSettings``) extend these with the Discord ones: token, endpoints, guild,
+admin role, owners, cooldown, upload limit, retention, sweep size. Both read the same sources with the same names.
 
 Precedence, highest first: CLI flags (passed to :func:`load_settings` as ``overrides``) > environment variables and
 ``.env`` (prefix ``ZVL_``) > the selected profile of a TOML file > the defaults below. The defaults follow the seed's
@@ -20,8 +23,6 @@ chosen by ``ZVL_PROFILE`` / ``--profile`` (default ``default``)::
 
 Top-level keys of a profile are setting names (``zimage_path``, ``steps``, ...); the ``vl`` sub-table uses the seed's
 names, mapped by :data:`VL_TABLE_KEYS`.
-
-The Discord token is a ``SecretStr``: it is never logged, and never shown in a ``repr`` or an error message.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from engine.limits import LIMITS
@@ -122,15 +123,19 @@ def profile_to_settings(table: dict[str, Any], where: str = "profile") -> dict[s
     return out
 
 
-class Settings(BaseSettings):
-    """Every setting of zvl-bot. Environment names are the field names upper-cased with the ``ZVL_`` prefix."""
+class EngineSettings(BaseSettings):
+    """The engine's settings. Environment names are the field names upper-cased with the ``ZVL_`` prefix.
+
+    Keys that are not the engine's (the bot's, in a shared ``.env`` or TOML profile) are ignored here; the bot's
+    :class:`bot.settings.BotSettings` knows every key and refuses unknown ones.
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="ZVL_",
         env_file=".env",
         env_file_encoding="utf-8",
         env_ignore_empty=True,  # a copied .env.example leaves optional settings empty: empty means "not set"
-        extra="forbid",
+        extra="ignore",
         validate_default=True,
         hide_input_in_errors=True,  # a bad token must not be echoed back in a validation error
     )
@@ -175,24 +180,11 @@ class Settings(BaseSettings):
     width: int = _bounded(1024, "width", "output width (multiple of 16)")
     height: int = _bounded(1024, "height", "output height (multiple of 16)")
 
-    # --- Discord ----------------------------------------------------------------------------------------------------
-    discord_token: SecretStr | None = Field(None, description="bot token (secret)")
-    discord_api_base: str | None = Field(None, description="REST base URL, for tests (default: Discord's)")
-    discord_gateway_url: str | None = Field(None, description="gateway websocket URL, for tests")
-    dev_guild_id: int | None = Field(None, description="sync commands to this guild only (instant)")
-    admin_role_id: int | None = Field(None, description="role whose members may use /admin")
-    owner_ids: list[int] = Field(default_factory=list, description="user ids with every permission")
-
     # --- queue and limits -------------------------------------------------------------------------------------
     max_jobs_per_user: int = Field(3, ge=1, le=100, description="queued + running jobs per user")
     max_jobs_total: int = Field(50, ge=1, le=10000, description="queued + running jobs in all")
     job_timeout_s: float = Field(600.0, gt=0, description="a job running longer than this fails")
-    sweep_max_cells: int = Field(24, ge=1, le=64, description="largest sweep grid")
-    cooldown_s: float = Field(3.0, ge=0, description="per-user cooldown between generation commands")
-    max_upload_bytes: int = Field(20 << 20, ge=1 << 20, description="largest reference attachment accepted")
     max_reference_pixels: int = Field(40_000_000, ge=1 << 16, description="largest decoded reference (bomb guard)")
-    retention_days: float = Field(30.0, ge=0, description="delete result images and stored references older than "
-                                  "this many days (0 = keep them forever)")
     cache_max_bytes: int = Field(2 << 30, ge=0, description="embedding cache budget on disk (LRU)")
     log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR")
 
@@ -231,7 +223,7 @@ class Settings(BaseSettings):
         return v
 
     @model_validator(mode="after")
-    def _derive(self) -> Settings:
+    def _derive(self) -> EngineSettings:
         if self.db_path is None:
             self.db_path = self.data_dir / "zvl.sqlite3"
         return self
@@ -244,10 +236,6 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
-
-    def __repr_args__(self):
-        # pydantic already masks SecretStr; drop it entirely so not even its length-free mask shows.
-        return [(k, v) for k, v in super().__repr_args__() if k != "discord_token"]
 
 
 def _error_line(exc: ValidationError) -> str:
@@ -263,62 +251,19 @@ def _error_line(exc: ValidationError) -> str:
     return f"invalid setting {name} (ZVL_{name.upper()}): {msg}{tail}"
 
 
-def load_settings(overrides: dict[str, Any] | None = None, *, env_file: str | Path | None = ".env") -> Settings:
-    """Build :class:`Settings` from CLI ``overrides`` (None values ignored), env/.env, the TOML profile, defaults.
+def build_settings(cls: type[EngineSettings], overrides: dict[str, Any] | None = None, *,
+                   env_file: str | Path | None = ".env") -> Any:
+    """Build settings of ``cls`` from CLI ``overrides`` (None values ignored), env/.env, the TOML profile, defaults.
 
     Raises :class:`SettingsError` with one printable line on any invalid value.
     """
     kwargs = {k: v for k, v in (overrides or {}).items() if v is not None}
     try:
-        return Settings(_env_file=env_file, **kwargs)
+        return cls(_env_file=env_file, **kwargs)
     except ValidationError as exc:
         raise SettingsError(_error_line(exc)) from None
 
 
-def check_model_folders(settings: Settings) -> None:
-    """Fail with one line when a configured model folder is missing or the VL layer is beyond the model's depth.
-
-    ``--demo`` settings are checked after the tiny models are built (see :func:`resolve_demo`).
-    """
-    from engine.models.loading import check_vl_folder, check_zimage_folder
-
-    if settings.zimage_path is None:
-        raise SettingsError("zimage_path (ZVL_ZIMAGE_PATH) is not set: point it at a Z-Image-Turbo diffusers folder, "
-                            "or run with --demo for tiny random models")
-    try:
-        check_zimage_folder(settings.zimage_path)
-    except ValueError as exc:
-        raise SettingsError(f"zimage_path (ZVL_ZIMAGE_PATH): {exc}") from None
-    if settings.vl_path is not None:
-        try:
-            cfg = check_vl_folder(settings.vl_path)
-        except ValueError as exc:
-            raise SettingsError(f"vl_path (ZVL_VL_PATH): {exc}") from None
-        depth = int(cfg.get("text_config", cfg).get("num_hidden_layers", 0))
-        if depth and -settings.hidden_layer > depth:
-            raise SettingsError(f"invalid setting hidden_layer (ZVL_HIDDEN_LAYER): {settings.hidden_layer} is beyond "
-                                f"the depth of {settings.vl_path} ({depth} layers; use -1 .. -{depth})")
-        _check_image_token_budget(settings)
-
-
-def _check_image_token_budget(settings: Settings) -> None:
-    """The budget must be one the processor can meet: it never gives an image fewer tokens than its minimum."""
-    from engine.models.loading import vl_min_image_tokens
-
-    least = vl_min_image_tokens(settings.vl_path)
-    if settings.vl_max_image_tokens < least:
-        raise SettingsError(f"invalid setting vl_max_image_tokens (ZVL_VL_MAX_IMAGE_TOKENS): the Qwen3-VL processor "
-                            f"in {settings.vl_path} gives every image at least {least} tokens; got "
-                            f"{settings.vl_max_image_tokens}")
-
-
-def resolve_demo(settings: Settings, notify=print) -> Settings:
-    """With ``demo`` set, build the tiny models on first use and point both model paths at them, loudly."""
-    if not settings.demo:
-        return settings
-    from engine.models.tiny import ensure_tiny
-
-    paths = ensure_tiny(settings.tiny_models_dir)
-    notify("*** DEMO MODE: tiny random models, generated images will be NOISE. "
-           f"Set ZVL_ZIMAGE_PATH and ZVL_VL_PATH for real weights. (models in {settings.tiny_models_dir}) ***")
-    return settings.model_copy(update={"zimage_path": paths["zimage"], "vl_path": paths["qwen3vl"]})
+def load_settings(overrides: dict[str, Any] | None = None, *, env_file: str | Path | None = ".env") -> EngineSettings:
+    """The engine's settings (see :func:`build_settings`)."""
+    return build_settings(EngineSettings, overrides, env_file=env_file)

@@ -194,10 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.db is not None:
         return run_migrate_cli(args.db)
-    from engine.config import SettingsError, load_settings
+    from bot.settings import load_bot_settings
+    from engine.config import SettingsError
 
     try:
-        db_path = load_settings().db_path
+        db_path = load_bot_settings().db_path
     except SettingsError as exc:
         print(f"zvl migrate: {exc}", file=sys.stderr)
         return 2

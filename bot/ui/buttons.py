@@ -9,11 +9,10 @@ the one error policy (``bot.errors.report_error``), as slash commands are.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Protocol
 
 import discord
 
-from bot.checks import services_of
 from bot.errors import report_error
 
 #: action -> (label, emoji, style). The order is the order on a result message.
@@ -28,6 +27,20 @@ ACTIONS: dict[str, tuple[str, str, discord.ButtonStyle]] = {
 #: Buttons of each job kind's result message.
 RESULT_ACTIONS = {"stylize": ("reroll", "vary", "defaults", "preset", "delete"), "sweep": ("reroll", "delete"),
                   "compare": ("reroll", "delete")}
+
+
+class JobActions(Protocol):
+    """What a button press calls (``bot.jobs.JobService`` implements it; a Protocol here keeps this UI module free of
+    an import of the service, which imports this module for its views)."""
+
+    async def press(self, interaction: discord.Interaction, action: str, job_id: str) -> None: ...
+
+    async def save_preset(self, interaction: discord.Interaction, job_id: str, name: str) -> None: ...
+
+
+def job_actions(interaction: discord.Interaction) -> JobActions:
+    """The job service of the bot that received ``interaction``."""
+    return interaction.client.services.jobs  # type: ignore[attr-defined,no-any-return]
 
 
 def custom_id(action: str, job_id: str) -> str:
@@ -52,7 +65,7 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=_TEMPLATE):
 
     async def callback(self, interaction: discord.Interaction) -> Any:
         try:
-            await services_of(interaction).jobs.press(interaction, self.action, self.job_id)
+            await job_actions(interaction).press(interaction, self.action, self.job_id)
         except Exception as exc:  # one error policy for buttons too
             await report_error(interaction, exc)
 
@@ -85,7 +98,7 @@ class PresetNameModal(discord.ui.Modal, title="Save as server preset"):
         self.job_id = job_id
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        await services_of(interaction).jobs.save_preset(interaction, self.job_id, self.name.value)
+        await job_actions(interaction).save_preset(interaction, self.job_id, self.name.value)
 
     async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
         await report_error(interaction, error)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -255,3 +257,13 @@ def make_tiny(root: Path | str, *, overwrite: bool = True, width: int = TINY_HID
 def ensure_tiny(root: Path | str, *, width: int = TINY_HIDDEN) -> dict[str, Path]:
     """Return the tiny model folders under ``root``, building them on first use (the ``--demo`` path)."""
     return make_tiny(root, overwrite=False, width=width)
+
+
+def resolve_demo(settings: Any, notify: Callable[[str], Any] = print) -> Any:
+    """With ``settings.demo`` set, build the tiny models on first use and point both model paths at them, loudly."""
+    if not settings.demo:
+        return settings
+    paths = ensure_tiny(settings.tiny_models_dir)
+    notify("*** DEMO MODE: tiny random models, generated images will be NOISE. "
+           f"Set ZVL_ZIMAGE_PATH and ZVL_VL_PATH for real weights. (models in {settings.tiny_models_dir}) ***")
+    return settings.model_copy(update={"zimage_path": paths["zimage"], "vl_path": paths["qwen3vl"]})

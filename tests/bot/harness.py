@@ -21,7 +21,7 @@ from PIL import Image
 from bot.client import ZvlBot, create_bot
 from bot.discord_api import current_endpoints, point_discord_at
 from engine.generation.zimage import Cancelled
-from engine.config import Settings, load_settings
+from bot.settings import BotSettings, load_bot_settings
 from engine.types import PositionKind, StylizeRequest, StylizeResult, VLResult
 from tests.fakediscord import FakeDiscord, InteractionRecord
 from tests.fakediscord import interactions as build
@@ -88,17 +88,17 @@ class FakePipeline:
         return dict(self.loaded)
 
 
-def make_settings(tmp_path: Path, fake: FakeDiscord | None = None, **overrides: Any) -> Settings:
+def make_settings(tmp_path: Path, fake: FakeDiscord | None = None, **overrides: Any) -> BotSettings:
     """Settings for a test bot: data under ``tmp_path``, no cooldown, pointing at ``fake``."""
     values: dict[str, Any] = {"data_dir": tmp_path / "data", "discord_token": "fake-token", "cooldown_s": 0}
     if fake is not None:
         values.update(discord_api_base=fake.api_base, discord_gateway_url=fake.gateway_url)
     values.update(overrides)
-    return load_settings(values, env_file=None)
+    return load_bot_settings(values, env_file=None)
 
 
 @asynccontextmanager
-async def running_bot(settings: Settings, pipeline: Any = None, **options: Any) -> AsyncIterator[ZvlBot]:
+async def running_bot(settings: BotSettings, pipeline: Any = None, **options: Any) -> AsyncIterator[ZvlBot]:
     """Start a real bot against the fake (models replaced by ``pipeline``), wait until ready, always close it."""
     pipe = pipeline if pipeline is not None else FakePipeline()
     options = {"pipeline_factory": lambda: pipe, "progress_interval": 0.05, "shutdown_grace_s": 2.0,
