@@ -17,9 +17,11 @@ from typing import Any
 
 from engine.cli._errors import CliError, UsageError, one_line
 from engine.cli._output import Progress, notice
-from engine.config import SettingsError, check_model_folders, load_settings, resolve_demo
+from engine.config import SettingsError, load_settings
 from engine.limits import LIMITS
 from engine.media.images import ReferenceImageError, load_reference_path
+from engine.models.folders import check_model_folders
+from engine.models.tiny import resolve_demo
 from engine.types import OutlierDirection, StylizeRequest
 
 __all__ = ["DEFAULT_SEED", "base_request", "check_alpha_flag", "check_inputs", "load_reference", "load_weights",
@@ -71,15 +73,20 @@ def base_request(settings: Any, args: argparse.Namespace, prompt: str, reference
     )
 
 
+#: Largest local reference file read. Discord's upload limit (the bot's ``max_upload_bytes``) does not apply to a
+#: file on this machine; the decoded-pixel limit (``max_reference_pixels``) still guards against bombs.
+LOCAL_REFERENCE_MAX_BYTES = 1 << 30
+
+
 def load_reference(path: str, settings: Any) -> Any:
     """The sanitised reference from a file; a refusal is a usage error (with a hint when it is too large)."""
     try:
-        return load_reference_path(path, max_bytes=settings.max_upload_bytes,
+        return load_reference_path(path, max_bytes=LOCAL_REFERENCE_MAX_BYTES,
                                    max_pixels=settings.max_reference_pixels)
     except ReferenceImageError as exc:
         hint = ""
         if "too large" in str(exc):
-            hint = " (raise ZVL_MAX_UPLOAD_BYTES / ZVL_MAX_REFERENCE_PIXELS to allow it)"
+            hint = " (raise ZVL_MAX_REFERENCE_PIXELS to allow it)"
         raise UsageError(f"{exc}{hint}") from None
 
 
