@@ -37,7 +37,7 @@ def pipeline_vl_key(pipe: Any, request: StylizeRequest, identities: dict[tuple[i
     reference's pixels, every VL setting, the image-token budget, the Qwen3-VL folder's identity, the reference
     statistics it is normalised against and the compute dtype. Falls back to :func:`default_vl_key` for a pipeline
     without a ``vl_path`` (fakes). ``identities`` memoises the folder hash. Runs in the VL thread."""
-    from engine.cache.store import store as c
+    from engine.cache import store as c
     from engine.types import Normalization, OutlierMode
 
     vl_path = getattr(pipe, "vl_path", None)
@@ -75,7 +75,7 @@ def pipeline_text_key(pipe: Any, request: StylizeRequest, identities: dict[tuple
     (``engine.conditioning.text.text_model_identity``), the token budget and the compute dtype. A pipeline without a
     ``zimage_path`` (fakes) is identified by its class. ``identities`` memoises the folder hash. Runs in the VL
     thread; loads no model."""
-    from engine.cache.store import store as c
+    from engine.cache import store as c
 
     zimage = getattr(pipe, "zimage_path", None)
     max_length = dtype = None
