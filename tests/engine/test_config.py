@@ -194,13 +194,13 @@ def test_settings_model_has_a_description_for_every_field():
 
 
 def test_env_example_documents_every_setting_with_its_default():
-    text = (Path(__file__).resolve().parents[1] / ".env.example").read_text()
+    text = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
     for name in Settings.model_fields:
         assert f"ZVL_{name.upper()}=" in text, name
 
 
 def test_a_copied_env_example_loads_as_the_defaults(tmp_path: Path):
     """Empty values in .env mean "not set", so copying .env.example to .env changes nothing."""
-    example = Path(__file__).resolve().parents[1] / ".env.example"
+    example = Path(__file__).resolve().parents[2] / ".env.example"
     (tmp_path / ".env").write_text(example.read_text())
     assert load_settings().model_dump() == load_settings(env_file=None).model_dump()

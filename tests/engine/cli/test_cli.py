@@ -18,7 +18,7 @@ from engine.media.images import read_png_metadata
 from engine.sweep.plan import plan_sweep
 from engine.types import StylizeRequest, StylizeResult, VLResult
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _env(tmp_path: Path) -> dict[str, str]:

@@ -70,7 +70,7 @@ def test_both_folders_share_one_tokenizer(tiny_models):
 def test_make_tiny_cli_is_deterministic(tmp_path: Path, tiny_models):
     """`python -m engine make-tiny DIR` writes byte-identical folders on every run."""
     env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     done = subprocess.run([sys.executable, "-m", "engine", "make-tiny", str(tmp_path / "a")], cwd=root, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
