@@ -178,6 +178,15 @@ class ModelSet:
         log.info("DiT acceleration: %s", {k: v for k, v in report.items() if k != "warm_up"})
         return report
 
+    def provide(self, component: str, instance: TextEncoder | VLExtractor | Generator | None) -> None:
+        """Use a prebuilt ``text`` | ``vl`` | ``dit`` component (benchmarks build their own); ``None`` drops it, so
+        the next use creates it from the folder again."""
+        attributes = {"text": "_text", "vl": "_vl", "dit": "_gen"}
+        if component not in attributes:
+            raise ValueError(f"component must be one of {', '.join(attributes)}; got {component!r}")
+        with self._lock:
+            setattr(self, attributes[component], instance)
+
     def _created(self) -> dict[str, TextEncoder | VLExtractor | Generator]:
         """The components created so far, by name (none is created here)."""
         with self._lock:

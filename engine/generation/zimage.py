@@ -11,7 +11,7 @@ What it fixes or pins relative to the seed (seed-behaviour §5, §6):
   seed's experiment runner passed none and its own pipeline then used the resolution-dependent ``mu`` as the shift:
   ≈1.15 at 1024², so all its "4 steps beat 9" results ran at the wrong schedule. A scheduler config with
   ``use_dynamic_shifting=True`` is rebuilt with it off, so the requested shift is the one used.
-* **Caption limit.** Every caption goes through :func:`engine.conditioning.blend.fit_caption` (≤ 1504 rows; longer ones
+* **Caption limit.** Every caption goes through :func:`engine.conditioning.sequence.fit_caption` (≤ 1504 rows; longer ones
   crash the DiT's RoPE lookup).
 * **Seeds.** One CPU ``torch.Generator`` per image, seeded with that image's seed: a batch with seeds ``(a, b)``
   starts from exactly the noise of two single runs with ``a`` and ``b`` and gives the same images up to float32
@@ -231,12 +231,9 @@ class Generator:
                 should_abort: AbortFn | None = None) -> Denoised:
         """Run the denoising loop; returns the final latents (float32) and the parameter record.
 
-        The settings are ``StylePipeline.check_inputs``'s to validate (``engine.generation.checks``); this only
-        asserts the embeddings' shapes. ``prompt_embeds``: one ``[L, D]`` tensor (used for every seed) or one per
-        seed. ``image`` + ``strength`` run img2img from ``image`` (one image for all seeds, or one per seed).
-        ``negative_prompt_embeds`` (needed when ``guidance_scale > 0``): one per seed or one for all. Raises
-        :class:`Cancelled` when ``should_abort()`` turns true.
-        """
+        Settings are validated by ``engine.generation.checks`` before; this checks the embeddings' shapes only.
+        ``prompt_embeds`` / ``negative_prompt_embeds`` (CFG): one ``[L, D]`` for every seed, or one per seed;
+        ``image`` + ``strength``: img2img. Raises :class:`Cancelled` when ``should_abort()`` turns true."""
         seeds = [int(seeds)] if isinstance(seeds, int) else [int(s) for s in seeds]
         fit, guidance, n = FitMode.parse(fit_mode, "fit_mode"), float(guidance_scale), len(seeds)
         images = _per_seed_images(image, n)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.conditioning.blend import blend, fit_caption
+from engine.conditioning.blend import blend
+from engine.conditioning.sequence import fit_caption
 from engine.generation.zimage import Cancelled
 from engine.generation.pipeline import StylePipeline
 from engine.conditioning.text import ReferenceStats
