@@ -4,7 +4,7 @@
 
 What is compared, on the same model, the same final caption and the same seed:
 
-* **engine**: ``StylePipeline.generate(request, vl, text_emb)`` — what ``stylize()`` and the worker's DiT stage
+* **engine**: ``StylePipeline.generate(request, vl, text_emb)`` — what ``StylePipeline.__call__`` and the worker's DiT stage
   run once the embeddings exist: ``check_inputs`` → blend → fit → ``Generator.denoise`` (checks, per-image CPU
   generators, shift pinned, step callback) → ``Generator.decode`` → the result record and statistics. The
   reference's Qwen3-VL extraction and the prompt's Qwen3 embedding are computed once beforehand (they are stage 1

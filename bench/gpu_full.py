@@ -22,7 +22,7 @@ Sections, in order (each in try/except; errors are recorded as ``<section>_error
 5. ``vl_cpu`` — the same extraction on the CPU in bf16 with all cores.
 6. ``captions`` — generation with a text-only caption (32 rows), the default ``pool`` blend (32 rows) and a full VL
    caption (``append`` with 1024 pooled image rows: 1056 rows), interleaved.
-7. ``stylize_cpu_encoders`` — one whole ``stylize()`` with Qwen3-4B and Qwen3-VL-4B on the CPU: the DiT's peak VRAM
+7. ``stylize_cpu_encoders`` — one whole ``StylePipeline.__call__`` with Qwen3-4B and Qwen3-VL-4B on the CPU: the DiT's peak VRAM
    at 1024² (target <= 16 GB) and the stage timings.
 8. ``compiled`` — ``engine.generation.accel.prepare(generator, compile=True)``: regional compile + the start-up warm-up (timed),
    the first request after it, and the compiled median. Target: >= 1.4x eager.
@@ -246,7 +246,7 @@ def build_dit() -> None:
     state["vdir"] = vdir
     pipe = StylePipeline.from_pretrained(zdir, vdir, device=str(DEV), vl_device="cpu", text_device="cpu",
                                          dtype="bfloat16")
-    pipe._gen = gen  # no public way to hand StylePipeline prebuilt modules (see BENCHMARKS.md)
+    pipe.models.provide("dit", gen)  # prebuilt modules (see BENCHMARKS.md)
     state["gen"], state["pipe"] = gen, pipe
     res["dit_resident_GiB"] = allocated_gib()
 
@@ -389,7 +389,6 @@ def captions() -> None:
 def stylize_cpu_encoders() -> None:
     from transformers import Qwen3Model
 
-    from engine.generation.pipeline import stylize
     from engine.conditioning.text import TextEncoder
     from engine.types import StylizeRequest
 
@@ -400,16 +399,16 @@ def stylize_cpu_encoders() -> None:
     model = model.to("cpu")
     free_memory()
     res["text_build_s"] = round(time.perf_counter() - t0, 1)
-    pipe._text = TextEncoder(model, tokenizer(), device="cpu", dtype=BF)  # prebuilt (see build_dit)
+    pipe.models.provide("text", TextEncoder(model, tokenizer(), device="cpu", dtype=BF))  # prebuilt (see build_dit)
     if "vl_cpu_extractor" not in state:
         raise RuntimeError("no CPU VL extractor (the vl_cpu section failed)")
-    pipe._vl = state["vl_cpu_extractor"]
+    pipe.models.provide("vl", state["vl_cpu_extractor"])
     request = StylizeRequest(prompt="a watercolor fox in the snow, soft light", reference=state["reference"],
                              alpha=0.3, seeds=(0,), steps=STEPS, width=SIZE, height=SIZE)
     pipe.encode_prompt(request)  # warm-up of the CPU text encoder
     resident = allocated_gib()
     reset_peak()
-    seconds, result = C.timed(lambda: stylize(request, pipe), DEV)
+    seconds, result = C.timed(lambda: pipe(request), DEV)
     peak = peak_gib()
     reserved = round(torch.cuda.max_memory_reserved() / 2**30, 2) if DEV.type == "cuda" else 0.0
     res["stylize_cpu_encoders"] = {
@@ -420,7 +419,8 @@ def stylize_cpu_encoders() -> None:
     }
     print(f"stylize with both encoders on the CPU: {seconds:.2f}s, peak VRAM {peak} GiB "
           f"({res['stylize_cpu_encoders']['peak_vram_GB']} GB)", flush=True)
-    pipe._text = pipe._vl = None
+    pipe.models.provide("text", None)
+    pipe.models.provide("vl", None)
     state.pop("vl_cpu_extractor", None)
     state.pop("vl_model_cpu", None)
     del model
@@ -471,12 +471,12 @@ def fp8() -> None:
         return
     pipe = state["pipe"]
     state.pop("gen", None)
-    pipe._gen = None
+    pipe.models.provide("dit", None)
     free_memory()
     torch._dynamo.reset()
     gen = Generator(build_transformer(), build_vae(), FlowMatchEulerDiscreteScheduler(shift=3.0), device=DEV,
                     dtype=BF)
-    pipe._gen = gen
+    pipe.models.provide("dit", gen)
     report = accel.prepare(gen, fp8=True, warm=False, strict=True)
     request = StylizeRequest(prompt="benchmark", seeds=(0,), steps=STEPS, width=SIZE, height=SIZE)
     caption = state["caption"]

@@ -246,6 +246,13 @@ class StylizeRequest:
                 str(self.normalization), float(self.target_std), str(self.outlier_mode),
                 float(self.outlier_threshold), str(self.outlier_direction), self.text_layer)
 
+    @property
+    def uses_reference_stats(self) -> bool:
+        """Whether the extraction compares against the text encoder's statistics (``per_dim``/``hybrid``
+        normalisation, or outlier masking)."""
+        return OutlierMode.parse(self.outlier_mode, "outlier_mode") is not OutlierMode.NONE or Normalization.parse(
+            self.normalization, "normalization") in (Normalization.PER_DIM, Normalization.HYBRID)
+
     def text_identity(self) -> tuple:
         """Everything the prompt embedding depends on: requests with equal tuples share one."""
         return (self.prompt, self.text_layer, bool(self.think))
@@ -310,3 +317,33 @@ class StylizeResult:
     timings: dict[str, float] = field(default_factory=dict)
     vl: dict[str, Any] | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Encoded:
+    """What :meth:`StylePipeline.encode` gives for one request (steps 2-4): everything the DiT stage needs.
+
+    Attributes:
+        prompt_embeds: the prompt's Qwen3 hidden state at ``text_layer``, ``[L_t, D]`` float32 on the CPU.
+        vl: the reference's Qwen3-VL extraction, or ``None`` without a reference or at ``alpha == 0``.
+        neutral: ``style_delta``'s mid-gray extraction, or ``None`` for the other modes.
+        negative: CFG's empty-prompt embedding ``[L_n, D]``, or ``None`` when ``guidance_scale == 0``.
+        timings: seconds spent on ``vl`` (with the neutral) and ``text`` (with the negative).
+    """
+
+    prompt_embeds: torch.Tensor
+    vl: VLResult | None = None
+    neutral: VLResult | None = None
+    negative: torch.Tensor | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Caption:
+    """A request's caption on its way to the DiT (steps 5-6): the pieces :class:`StylizeResult` reports on."""
+
+    prompt_embeds: torch.Tensor  #: ``[L_t, D]``, the prompt alone
+    vl: VLResult | None  #: the extraction applied (``None``: none, or ``alpha == 0``)
+    blended: torch.Tensor  #: ``[L_b, D]``, after the blend
+    caption: torch.Tensor  #: ``[L_c, D]``, ``L_c <= MAX_CAPTION_LEN``: what the DiT reads
+    negative: torch.Tensor | None  #: CFG's negative, or ``None`` without CFG

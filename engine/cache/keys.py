@@ -38,7 +38,7 @@ def pipeline_vl_key(pipe: Any, request: StylizeRequest, identities: dict[tuple[i
     statistics it is normalised against and the compute dtype. Falls back to :func:`default_vl_key` for a pipeline
     without a ``vl_path`` (fakes). ``identities`` memoises the folder hash. Runs in the VL thread."""
     from engine.cache import store as c
-    from engine.types import Normalization, OutlierMode
+    from engine.types import Normalization
 
     vl_path = getattr(pipe, "vl_path", None)
     if vl_path is None or request.reference is None:
@@ -50,12 +50,9 @@ def pipeline_vl_key(pipe: Any, request: StylizeRequest, identities: dict[tuple[i
     if ident is None:
         ident = memo[(id(pipe), str(vl_path))] = c.model_identity(vl_path)
     norm = Normalization.parse(request.normalization, "normalization")
-    stats = None
-    if OutlierMode.parse(request.outlier_mode, "outlier_mode") is not OutlierMode.NONE or norm in (
-            Normalization.PER_DIM, Normalization.HYBRID):
-        stats = pipe.text_encoder.stats_key(request.text_layer)
+    stats = pipe.text_encoder.stats_key(request.text_layer) if request.uses_reference_stats else None
     dtype = None
-    dtype_for, device = getattr(pipe, "_dtype_for", None), getattr(pipe, "vl_device", None)
+    dtype_for, device = getattr(pipe, "dtype_for", None), getattr(pipe, "vl_device", None)
     if dtype_for is not None and device is not None:
         dtype = str(dtype_for(device))
     record = c.vl_cache_record(
@@ -88,9 +85,9 @@ def pipeline_text_key(pipe: Any, request: StylizeRequest, identities: dict[tuple
         ident = memo.get((id(pipe), f"text:{zimage}"))
         if ident is None:
             ident = memo[(id(pipe), f"text:{zimage}")] = text_model_identity(zimage)
-        encoder = getattr(pipe, "_text", None)  # the encoder's own budget when it exists; not created here
-        max_length = int(getattr(encoder, "max_sequence_length", MAX_SEQUENCE_LENGTH))
-        dtype_for, device = getattr(pipe, "_dtype_for", None), getattr(pipe, "text_device", None)
+        # the encoder's own budget when it exists (not created here), else the default
+        max_length = int(getattr(pipe, "text_max_length", MAX_SEQUENCE_LENGTH))
+        dtype_for, device = getattr(pipe, "dtype_for", None), getattr(pipe, "text_device", None)
         if dtype_for is not None and device is not None:
             dtype = str(dtype_for(device))
     return c.cache_key(c.text_cache_record(request.prompt, request.text_layer, request.think, ident,

@@ -24,7 +24,7 @@ them; the seed cast in some functions and not others), and is computed in float3
 the final cast. Every mode but ``append`` returns exactly ``len(text)`` rows at every alpha.
 
 The resampling and per-dimension helpers (:func:`pool_sequence`, :func:`resample_linear`, :func:`fit_caption`,
-:func:`mask_outliers`) live in :mod:`engine.conditioning.sequence` and are re-exported here.
+:func:`mask_outliers`) live in :mod:`engine.conditioning.sequence`; import them from there.
 """
 
 from __future__ import annotations
@@ -37,14 +37,12 @@ import torch
 
 from engine.conditioning.sequence import (
     STD_EPS,
-    _check_int,
-    _check_matrix,
-    _compute_dtype,
-    _std,
-    fit_caption,
-    mask_outliers,
+    check_int,
+    check_matrix,
+    compute_dtype,
     pool_sequence,
     resample_linear,
+    safe_std,
 )
 from engine.types import BlendMode
 
@@ -58,10 +56,6 @@ __all__ = [
     "blend_pool",
     "blend_append",
     "embedding_stats",
-    "pool_sequence",
-    "resample_linear",
-    "fit_caption",
-    "mask_outliers",
 ]
 
 
@@ -81,8 +75,8 @@ def _check_alpha(alpha: Any) -> float:
 
 
 def _check_pair(vl: Any, text: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    text = _check_matrix(text, "text")
-    vl = _check_matrix(vl, "vl")
+    text = check_matrix(text, "text")
+    vl = check_matrix(vl, "vl")
     if vl.shape[1] != text.shape[1]:
         raise ValueError(
             f"vl and text must have the same hidden width D; got vl {tuple(vl.shape)} and text {tuple(text.shape)}"
@@ -94,7 +88,7 @@ def _prepare(vl: Any, text: Any, alpha: Any) -> tuple[torch.Tensor, torch.Tensor
     """Check the common arguments; return VL and text in the compute dtype on text's device, and alpha."""
     vl, text = _check_pair(vl, text)
     a = _check_alpha(alpha)
-    dtype = _compute_dtype(text.dtype)
+    dtype = compute_dtype(text.dtype)
     return vl.to(device=text.device, dtype=dtype), text.to(dtype), a
 
 
@@ -173,9 +167,9 @@ def blend_adain(vl: torch.Tensor, text: torch.Tensor, alpha: float) -> torch.Ten
         return text.clone()
     pooled = pool_sequence(vl, text_c.shape[0])
     mu_t = text_c.mean(dim=1, keepdim=True)
-    sd_t = _std(text_c, dim=1, keepdim=True).clamp(min=STD_EPS)
+    sd_t = safe_std(text_c, dim=1, keepdim=True).clamp(min=STD_EPS)
     mu_v = pooled.mean(dim=1, keepdim=True)
-    sd_v = _std(pooled, dim=1, keepdim=True).clamp(min=STD_EPS)
+    sd_v = safe_std(pooled, dim=1, keepdim=True).clamp(min=STD_EPS)
     restyled = (text_c - mu_t) / sd_t * sd_v + mu_v
     return _lerp(text_c, restyled, a).to(text.dtype)
 
@@ -203,9 +197,9 @@ def blend_adain_per_dim(vl: torch.Tensor, text: torch.Tensor, alpha: float) -> t
     if a == 0.0:
         return text.clone()
     mu_t = text_c.mean(dim=0, keepdim=True)
-    sd_t = _std(text_c, dim=0, keepdim=True).clamp(min=STD_EPS)
+    sd_t = safe_std(text_c, dim=0, keepdim=True).clamp(min=STD_EPS)
     mu_v = vl.mean(dim=0, keepdim=True)
-    sd_v = _std(vl, dim=0, keepdim=True).clamp(min=STD_EPS)
+    sd_v = safe_std(vl, dim=0, keepdim=True).clamp(min=STD_EPS)
     restyled = (text_c - mu_t) / sd_t * sd_v + mu_v
     return _lerp(text_c, restyled, a).to(text.dtype)
 
@@ -232,7 +226,7 @@ def blend_style_delta(vl: torch.Tensor, text: torch.Tensor, alpha: float, neutra
     if neutral is None:
         raise ValueError("neutral is required for blend_mode style_delta (the VL extraction of a mid-gray image)")
     vl, text_c, a = _prepare(vl, text, alpha)
-    neutral = _check_matrix(neutral, "neutral")
+    neutral = check_matrix(neutral, "neutral")
     if neutral.shape[1] != vl.shape[1]:
         raise ValueError(
             f"neutral must have the same hidden width D as vl; got neutral {tuple(neutral.shape)} "
@@ -243,7 +237,7 @@ def blend_style_delta(vl: torch.Tensor, text: torch.Tensor, alpha: float, neutra
     n = text_c.shape[0]
     neutral_c = neutral.to(device=text_c.device, dtype=text_c.dtype)
     delta = pool_sequence(vl, n) - pool_sequence(neutral_c, n)
-    delta = delta / _std(delta).clamp(min=STD_EPS) * _std(text_c)
+    delta = delta / safe_std(delta).clamp(min=STD_EPS) * safe_std(text_c)
     return (text_c + a * delta).to(text.dtype)
 
 
@@ -313,7 +307,7 @@ def blend_append(
     mask raises ``ValueError`` naming ``image_mask``. ``append_tokens`` must be an integer >= 1.
     """
     vl, text_c, a = _prepare(vl, text, alpha)
-    k = _check_int(append_tokens, "append_tokens", 1)
+    k = check_int(append_tokens, "append_tokens", 1)
     mask = _check_image_mask(image_mask, vl.shape[0], vl.device)
     if a == 0.0:
         return text.clone()
@@ -369,10 +363,10 @@ def blend(
 def embedding_stats(x: torch.Tensor) -> dict[str, float | int]:
     """Summary of an ``[L, D]`` embedding for logs and metadata: ``std`` (unbiased over all elements; 0 for a
     single element), ``mean``, ``min``, ``max`` (Python floats), ``length`` (``L``) and ``dim`` (``D``)."""
-    x = _check_matrix(x, "x")
-    work = x.detach().to(_compute_dtype(x.dtype))
+    x = check_matrix(x, "x")
+    work = x.detach().to(compute_dtype(x.dtype))
     return {
-        "std": float(_std(work)),
+        "std": float(safe_std(work)),
         "mean": float(work.mean()),
         "min": float(work.min()),
         "max": float(work.max()),

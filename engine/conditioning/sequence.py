@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from engine.types import MAX_CAPTION_LEN, FitMode, OutlierDirection, OutlierMode
 
-__all__ = ["pool_sequence", "resample_linear", "fit_caption", "mask_outliers"]
+__all__ = ["STD_EPS", "check_int", "check_matrix", "compute_dtype", "fit_caption", "mask_outliers", "pool_sequence",
+           "resample_linear", "safe_std"]
 
 #: Floor for a standard deviation used as a divisor (the seed's value).
 STD_EPS = 1e-6
@@ -35,7 +36,7 @@ STD_EPS = 1e-6
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _check_matrix(x: Any, name: str) -> torch.Tensor:
+def check_matrix(x: Any, name: str) -> torch.Tensor:
     """``x`` must be a non-empty, floating-point, 2-D ``[L, D]`` tensor; raise a ``ValueError`` naming ``name``."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a 2-D [L, D] torch.Tensor; got {type(x).__name__}")
@@ -46,7 +47,7 @@ def _check_matrix(x: Any, name: str) -> torch.Tensor:
     return x
 
 
-def _check_int(value: Any, name: str, minimum: int) -> int:
+def check_int(value: Any, name: str, minimum: int) -> int:
     """``value`` must be an integer (not a bool) ``>= minimum``; raise a ``ValueError`` naming ``name``."""
     if isinstance(value, bool):
         raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
@@ -59,12 +60,12 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     return n
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; every other floating dtype is computed in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _std(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+def safe_std(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
     """Unbiased std, or the population std (0 for one sample) when there is a single sample: never NaN."""
     n = x.numel() if dim is None else x.shape[dim]
     correction = 1 if n >= 2 else 0
@@ -123,12 +124,12 @@ def pool_sequence(x: torch.Tensor, length: int) -> torch.Tensor:
 
     Output dtype and device are ``x``'s. Raises ``ValueError`` naming ``x`` or ``length``.
     """
-    x = _check_matrix(x, "x")
-    n = _check_int(length, "length", 1)
+    x = check_matrix(x, "x")
+    n = check_int(length, "length", 1)
     size = x.shape[0]
     if n == size:
         return x.clone()
-    work = x.to(_compute_dtype(x.dtype))
+    work = x.to(compute_dtype(x.dtype))
     dev = x.device
     # Work in units of 1/(L*n): source edges at j*n, window edges at i*L. Every piece between two consecutive
     # edges lies in one source row and one window; its weight is its length over the window's length L.
@@ -156,9 +157,9 @@ def resample_linear(x: torch.Tensor, length: int, *, align_corners: bool = False
     ``2 * length`` of the ``L`` rows influence the result and the rest are ignored (1041 -> 11 reads ~22 rows,
     about 2 of every 95). Use :func:`pool_sequence` to keep every row. Output dtype and device are ``x``'s.
     """
-    x = _check_matrix(x, "x")
-    n = _check_int(length, "length", 1)
-    work = x.to(_compute_dtype(x.dtype)).t().unsqueeze(0)
+    x = check_matrix(x, "x")
+    n = check_int(length, "length", 1)
+    work = x.to(compute_dtype(x.dtype)).t().unsqueeze(0)
     out = F.interpolate(work, size=n, mode="linear", align_corners=bool(align_corners))
     return out[0].t().contiguous().to(x.dtype)
 
@@ -212,8 +213,8 @@ def fit_caption(
 
     Output dtype and device are ``emb``'s. Raises ``ValueError`` naming ``emb``, ``max_len`` or ``mode``.
     """
-    emb = _check_matrix(emb, "emb")
-    n = _check_int(max_len, "max_len", 1)
+    emb = check_matrix(emb, "emb")
+    n = check_int(max_len, "max_len", 1)
     fit = FitMode.parse(mode, "mode")
     if emb.shape[0] <= n:
         return emb
@@ -223,7 +224,7 @@ def fit_caption(
         return resample_linear(emb, n, align_corners=True)
     if fit is FitMode.POOL:
         return pool_sequence(emb, n)
-    return _attention_pool(emb.to(_compute_dtype(emb.dtype)), n).to(emb.dtype)
+    return _attention_pool(emb.to(compute_dtype(emb.dtype)), n).to(emb.dtype)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -289,7 +290,7 @@ def mask_outliers(
     Raises ``ValueError`` naming ``emb``, ``reference_std`` (shape must be ``[D]``), ``reference_mean``,
     ``threshold`` (must be finite and > 1), ``mode`` or ``direction``.
     """
-    emb = _check_matrix(emb, "emb")
+    emb = check_matrix(emb, "emb")
     width = emb.shape[1]
     ref_std = _check_reference(reference_std, "reference_std", width, emb.device)
     if bool((ref_std < 0).any()):

@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from engine.conditioning.blend import mask_outliers
+from engine.conditioning.sequence import mask_outliers
 from engine.models.loading import (
     check_vl_folder,
     free_memory,

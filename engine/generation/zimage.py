@@ -11,7 +11,7 @@ What it fixes or pins relative to the seed (seed-behaviour §5, §6):
   seed's experiment runner passed none and its own pipeline then used the resolution-dependent ``mu`` as the shift:
   ≈1.15 at 1024², so all its "4 steps beat 9" results ran at the wrong schedule. A scheduler config with
   ``use_dynamic_shifting=True`` is rebuilt with it off, so the requested shift is the one used.
-* **Caption limit.** Every caption goes through :func:`engine.conditioning.blend.fit_caption` (≤ 1504 rows; longer ones
+* **Caption limit.** Every caption goes through :func:`engine.conditioning.sequence.fit_caption` (≤ 1504 rows; longer ones
   crash the DiT's RoPE lookup).
 * **Seeds.** One CPU ``torch.Generator`` per image, seeded with that image's seed: a batch with seeds ``(a, b)``
   starts from exactly the noise of two single runs with ``a`` and ``b`` and gives the same images up to float32
@@ -22,8 +22,8 @@ What it fixes or pins relative to the seed (seed-behaviour §5, §6):
   the per-image generators and one copy of the reference per image makes img2img fully deterministic (the seed's
   pipeline sampled the latent without its generator). The reference is centre-cropped to the requested aspect
   ratio and LANCZOS-resized to ``width x height``.
-* **CFG.** ``guidance_scale > 0`` (note: > 0, so 1.0 already runs CFG) needs a negative caption. If none is given,
-  the empty prompt ``""`` is encoded with the attached text encoder, as the pipeline's own default does.
+* **CFG.** ``guidance_scale > 0`` (note: > 0, so 1.0 already runs CFG) needs a negative caption; the caller encodes
+  it (``StylePipeline.negative_embedding``: the empty prompt ``""``, as the diffusers pipeline's own default).
 
 Progress and cancel: ``progress(step, total)`` is called after each denoising step (``total`` = the steps actually
 run: ``steps`` for txt2img, about ``steps * strength`` for img2img); ``should_abort()`` is polled before the first
@@ -38,15 +38,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image, ImageOps
 
-from engine.conditioning.blend import fit_caption
-from engine.limits import LIMITS
+from engine.conditioning.sequence import fit_caption
 from engine.models.loading import free_memory, model_loading, parse_dtype, resolve_device
 from engine.types import MAX_CAPTION_LEN, FitMode
 
@@ -62,51 +61,6 @@ AbortFn = Callable[[], bool]
 
 class Cancelled(Exception):
     """Raised when ``should_abort()`` asked a generation to stop."""
-
-
-@dataclass
-class GenerationOutput:
-    """Images (one RGB PIL image per seed, in seed order), the full parameter record and stage timings."""
-
-    images: list[Image.Image]
-    params: dict[str, Any]
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-
-def check_size(width: Any, height: Any) -> tuple[int, int]:
-    """``width``/``height`` within their ``engine.limits`` bounds (multiples of 16, the DiT's patch grid)."""
-    return LIMITS["width"].check(width), LIMITS["height"].check(height)
-
-
-def check_seeds(seeds: Any) -> list[int]:
-    if isinstance(seeds, (int,)) and not isinstance(seeds, bool):
-        seeds = [seeds]
-    try:
-        values = list(seeds)
-    except TypeError:
-        raise ValueError(f"seeds must be a list of integers; got {seeds!r}") from None
-    if not values:
-        raise ValueError("seeds must hold at least one seed (one image per seed); got none")
-    return [LIMITS["seed"].check(s, "seeds") for s in values]
-
-
-def check_steps(steps: Any) -> int:
-    return LIMITS["steps"].check(steps)  # type: ignore[no-any-return]
-
-
-def check_strength(strength: Any) -> float:
-    return LIMITS["strength"].check(strength)  # type: ignore[no-any-return]
-
-
-def check_guidance(guidance_scale: Any) -> float:
-    """0 = no CFG, Turbo's setting."""
-    return LIMITS["guidance_scale"].check(guidance_scale)  # type: ignore[no-any-return]
-
-
-def check_shift(shift: Any) -> float:
-    """Z-Image-Turbo uses 3.0."""
-    return LIMITS["shift"].check(shift)  # type: ignore[no-any-return]
 
 
 def img2img_steps(steps: int, strength: float) -> int:
@@ -140,7 +94,7 @@ class Generator:
     """Z-Image txt2img / img2img over shared modules. Build with :meth:`from_pretrained`."""
 
     def __init__(self, transformer, vae, scheduler, *, device: str | torch.device = "cpu",
-                 dtype: torch.dtype | str | None = None, text_encoder=None, path: str | Path | None = None,
+                 dtype: torch.dtype | str | None = None, path: str | Path | None = None,
                  on_build: Callable[[Generator], Any] | None = None):
         self.path = Path(path) if path is not None else None
         #: Called with this Generator each time its modules are (re)built, e.g. ``engine.generation.accel.prepare`` for the
@@ -149,11 +103,9 @@ class Generator:
         self.build_report: Any = None
         self.device = resolve_device(device)
         self.dtype = parse_dtype(dtype, self.device) if dtype is not None else transformer.dtype
-        self.text_encoder = text_encoder  # an engine.conditioning.text.TextEncoder, for the automatic CFG negative
         self._lock = threading.RLock()
         self._pipe = None
         self._img2img = None
-        self._negative: dict[tuple[int, bool], torch.Tensor] = {}
         self._cap_dim: int | None = None
         if transformer is not None:
             self._build(transformer, vae, scheduler)
@@ -161,21 +113,15 @@ class Generator:
     # ------------------------------------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(cls, zimage_dir: str | Path, device: str | torch.device = "auto",
-                        dtype: torch.dtype | str | None = "auto", text_encoder: bool = False, *,
+                        dtype: torch.dtype | str | None = "auto", *,
                         lazy: bool = False, on_build: Callable[[Generator], Any] | None = None) -> Generator:
-        """Load ``transformer/``, ``vae/`` and ``scheduler/`` of a diffusers Z-Image folder (+ the text encoder).
+        """Load ``transformer/``, ``vae/`` and ``scheduler/`` of a diffusers Z-Image folder.
 
-        ``text_encoder=True`` also loads ``text_encoder/`` + ``tokenizer/`` as an :class:`engine.conditioning.text.TextEncoder`
-        on the same device (used for the automatic CFG negative). ``lazy=True`` loads on first use. ``on_build``: see
-        :attr:`on_build`.
+        ``lazy=True`` loads on first use. ``on_build``: see :attr:`on_build`.
         """
         dev = resolve_device(device)
         dt = parse_dtype(dtype, dev)
         gen = cls(None, None, None, device=dev, dtype=dt, path=zimage_dir, on_build=on_build)
-        if text_encoder:
-            from engine.conditioning.text import TextEncoder
-
-            gen.text_encoder = TextEncoder.from_pretrained(zimage_dir, dev, dt, lazy=lazy)
         if not lazy:
             gen.load()
         return gen
@@ -249,16 +195,6 @@ class Generator:
         return int(self._cap_dim)
 
     # ------------------------------------------------------------------------------------------- helpers
-    def negative_embedding(self, layer: int = -2, think: bool = False) -> torch.Tensor:
-        """The empty prompt ``""`` encoded by the attached text encoder (memoised); what CFG uses by default."""
-        if self.text_encoder is None:
-            raise ValueError("guidance_scale > 0 needs negative_prompt_embeds or a text encoder to encode the empty "
-                             "negative prompt (Generator.from_pretrained(..., text_encoder=True))")
-        key = (int(layer), bool(think))
-        if key not in self._negative:
-            self._negative[key] = self.text_encoder.encode([""], layer=layer, think=think)[0]
-        return self._negative[key]
-
     def _captions(self, embeds: Any, n: int, fit_mode: FitMode, name: str) -> list[torch.Tensor]:
         if isinstance(embeds, torch.Tensor):
             embeds = [embeds] if embeds.dim() == 2 else list(embeds)
@@ -286,111 +222,64 @@ class Generator:
 
     # ------------------------------------------------------------------------------------------- generate
     @torch.no_grad()
-    def denoise(
-        self,
-        prompt_embeds: torch.Tensor | Sequence[torch.Tensor],
-        *,
-        seeds: Sequence[int] | int = (0,),
-        steps: int = DEFAULT_STEPS,
-        guidance_scale: float = 0.0,
-        shift: float = DEFAULT_SHIFT,
-        width: int = 1024,
-        height: int = 1024,
-        image: Image.Image | Sequence[Image.Image] | None = None,
-        strength: float | None = None,
-        negative_prompt_embeds: torch.Tensor | Sequence[torch.Tensor] | None = None,
-        negative_layer: int = -2,
-        negative_think: bool = False,
-        fit_mode: FitMode | str = FitMode.POOL,
-        progress: ProgressFn | None = None,
-        should_abort: AbortFn | None = None,
-    ) -> Denoised:
+    def denoise(self, prompt_embeds: torch.Tensor | Sequence[torch.Tensor], *, seeds: Sequence[int] | int = (0,),
+                steps: int = DEFAULT_STEPS, guidance_scale: float = 0.0, shift: float = DEFAULT_SHIFT,
+                width: int = 1024, height: int = 1024, image: Image.Image | Sequence[Image.Image] | None = None,
+                strength: float | None = None,
+                negative_prompt_embeds: torch.Tensor | Sequence[torch.Tensor] | None = None,
+                fit_mode: FitMode | str = FitMode.POOL, progress: ProgressFn | None = None,
+                should_abort: AbortFn | None = None) -> Denoised:
         """Run the denoising loop; returns the final latents (float32) and the parameter record.
 
-        ``prompt_embeds``: one ``[L, D]`` tensor (used for every seed) or one per seed. ``image`` + ``strength``
-        (``engine.limits.LIMITS["strength"]``) run img2img from ``image`` (both must be given; one image for all
-        seeds, or one per seed). ``negative_prompt_embeds`` (CFG only): one per seed or one for all; default: the
-        empty prompt encoded at ``negative_layer``/``negative_think`` by the attached text encoder. Raises ``ValueError`` naming the
-        parameter, and :class:`Cancelled` when ``should_abort()`` turns true.
-        """
-        seeds = check_seeds(seeds)
-        steps = check_steps(steps)
-        guidance = check_guidance(guidance_scale)
-        shift = check_shift(shift)
-        width, height = check_size(width, height)
-        fit = FitMode.parse(fit_mode, "fit_mode")
-        if strength is not None and image is None:
-            raise ValueError("strength needs a reference image for img2img; got strength without image")
-        n = len(seeds)
-        images: list[Image.Image] | None = None
-        if image is not None:
-            if strength is None:
-                raise ValueError(f"strength must be given for img2img ({LIMITS['strength'].describe()}); got None")
-            strength = check_strength(strength)
-            images = [image] if isinstance(image, Image.Image) else list(image)
-            if len(images) == 1:
-                images = images * n
-            if len(images) != n or not all(isinstance(im, Image.Image) for im in images):
-                raise ValueError(f"image must be a PIL image or one PIL image per seed ({n})")
+        Settings are validated by ``engine.generation.checks`` before; this checks the embeddings' shapes only.
+        ``prompt_embeds`` / ``negative_prompt_embeds`` (CFG): one ``[L, D]`` for every seed, or one per seed;
+        ``image`` + ``strength``: img2img. Raises :class:`Cancelled` when ``should_abort()`` turns true."""
+        seeds = [int(seeds)] if isinstance(seeds, int) else [int(s) for s in seeds]
+        fit, guidance, n = FitMode.parse(fit_mode, "fit_mode"), float(guidance_scale), len(seeds)
+        images = _per_seed_images(image, n)
+        total = img2img_steps(int(steps), float(strength)) if images is not None else int(steps)
         with self._lock:
             captions = self._captions(prompt_embeds, n, fit, "prompt_embeds")
             negatives = None
             if guidance > 0:
-                neg = negative_prompt_embeds
-                if neg is None:
-                    neg = self.negative_embedding(negative_layer, negative_think)
-                negatives = self._captions(neg, n, fit, "negative_prompt_embeds")
-            generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-            pipe = self.img2img_pipe if image is not None else self.pipe
-            scheduler = pipe.scheduler
-            scheduler.set_shift(shift)  # every call: the request's shift, never a leftover or mu
-            total = img2img_steps(steps, strength) if image is not None else steps
-
-            def on_step(p, i, _t, kwargs):
-                if progress is not None:
-                    progress(i + 1, total)
-                if should_abort is not None and should_abort():
-                    p._interrupt = True
-                    raise Cancelled(f"cancelled after step {i + 1} of {total}")
-                return kwargs
-
+                if negative_prompt_embeds is None:
+                    raise ValueError("guidance_scale > 0 needs negative_prompt_embeds (CFG's negative caption)")
+                negatives = self._captions(negative_prompt_embeds, n, fit, "negative_prompt_embeds")
+            pipe = self.img2img_pipe if images is not None else self.pipe
+            pipe.scheduler.set_shift(float(shift))  # every call: the request's shift, never a leftover or mu
             if should_abort is not None and should_abort():
                 raise Cancelled("cancelled before the first step")
-            call: dict[str, Any] = dict(
-                prompt_embeds=captions, negative_prompt_embeds=negatives, height=height, width=width,
-                num_inference_steps=steps, guidance_scale=guidance, generator=generators, output_type="latent",
-                callback_on_step_end=on_step,
-            )
-            init_size = None
-            if images is not None:
-                inits = {id(im): prepare_init_image(im, width, height) for im in images}
-                init_size = [list(im.size) for im in images]
-                init_size = init_size[0] if all(sz == init_size[0] for sz in init_size) else init_size
-                # one image per seed: diffusers then samples image i's VAE latent with generator i
-                call.update(image=[inits[id(im)] for im in images], strength=strength)
+            call = dict(prompt_embeds=captions, negative_prompt_embeds=negatives, height=int(height),
+                        width=int(width), num_inference_steps=int(steps), guidance_scale=guidance,
+                        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], output_type="latent",
+                        callback_on_step_end=_step_callback(total, progress, should_abort))
+            if images is not None:  # one image per seed: diffusers then samples image i's VAE latent with generator i
+                inits = {id(im): prepare_init_image(im, int(width), int(height)) for im in images}
+                call.update(image=[inits[id(im)] for im in images], strength=float(strength))
             t0 = time.perf_counter()
             latents = pipe(**call).images
             seconds = time.perf_counter() - t0
-            params = {
-                "shift": float(scheduler.shift),
-                "steps": steps,
-                "denoise_steps": total,
-                "guidance_scale": guidance,
-                "cfg": guidance > 0,
-                "seeds": list(seeds),
-                "width": width,
-                "height": height,
-                "strength": strength if image is not None else None,
-                "mode": "img2img" if image is not None else "txt2img",
-                "init_image_size": init_size,
-                "caption_lengths": [int(c.shape[0]) for c in captions],
-                "negative_lengths": [int(c.shape[0]) for c in negatives] if negatives else None,
-                "fit_mode": fit.value,
-                "sigmas": [round(float(s), 6) for s in scheduler.sigmas.tolist()],
-                "dtype": str(pipe.transformer.dtype).replace("torch.", ""),
-                "device": str(self.device),
-            }
+            params = self._record(pipe, call, images, total, fit, negatives)
         return Denoised(latents=latents, params=params, seconds=seconds)
+
+    def _record(self, pipe: Any, call: dict[str, Any], images: list[Image.Image] | None, total: int,
+                fit: FitMode, negatives: list[torch.Tensor] | None) -> dict[str, Any]:
+        """The parameter record of one denoising call (``Denoised.params``)."""
+        init_size = None
+        if images is not None:
+            sizes = [list(im.size) for im in images]
+            init_size = sizes[0] if all(sz == sizes[0] for sz in sizes) else sizes
+        return {
+            "shift": float(pipe.scheduler.shift), "steps": call["num_inference_steps"], "denoise_steps": total,
+            "guidance_scale": call["guidance_scale"], "cfg": call["guidance_scale"] > 0,
+            "seeds": [int(g.initial_seed()) for g in call["generator"]], "width": call["width"],
+            "height": call["height"], "strength": call.get("strength"),
+            "mode": "img2img" if images is not None else "txt2img", "init_image_size": init_size,
+            "caption_lengths": [int(c.shape[0]) for c in call["prompt_embeds"]],
+            "negative_lengths": [int(c.shape[0]) for c in negatives] if negatives else None,
+            "fit_mode": fit.value, "sigmas": [round(float(s), 6) for s in pipe.scheduler.sigmas.tolist()],
+            "dtype": str(pipe.transformer.dtype).replace("torch.", ""), "device": str(self.device),
+        }
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
@@ -411,16 +300,27 @@ class Generator:
                 images.extend(pipe.image_processor.postprocess(decoded, output_type="pil"))
             return images
 
-    def generate(self, prompt_embeds: torch.Tensor | Sequence[torch.Tensor], *,
-                 should_abort: AbortFn | None = None, **kwargs: Any) -> GenerationOutput:
-        """:meth:`denoise` then :meth:`decode` (same arguments as :meth:`denoise`); images in seed order."""
-        t0 = time.perf_counter()
-        den = self.denoise(prompt_embeds, should_abort=should_abort, **kwargs)
+
+def _per_seed_images(image: Image.Image | Sequence[Image.Image] | None, n: int) -> list[Image.Image] | None:
+    """img2img's starting image, one per seed (``None`` for txt2img)."""
+    if image is None:
+        return None
+    images = [image] if isinstance(image, Image.Image) else list(image)
+    images = images * n if len(images) == 1 else images
+    if len(images) != n or not all(isinstance(im, Image.Image) for im in images):
+        raise ValueError(f"image must be a PIL image or one PIL image per seed ({n})")
+    return images
+
+
+def _step_callback(total: int, progress: ProgressFn | None, should_abort: AbortFn | None) -> Callable:
+    """diffusers' ``callback_on_step_end``: report progress, and stop the loop when ``should_abort()`` says so."""
+
+    def on_step(pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if progress is not None:
+            progress(i + 1, total)
         if should_abort is not None and should_abort():
-            raise Cancelled("cancelled before decoding")
-        t1 = time.perf_counter()
-        images = self.decode(den.latents)
-        t_decode = time.perf_counter() - t1
-        return GenerationOutput(images=images, params=den.params,
-                                timings={"denoise": den.seconds, "decode": t_decode,
-                                         "generate": time.perf_counter() - t0})
+            pipe._interrupt = True  # diffusers' own interrupt flag, the documented way to stop its loop
+            raise Cancelled(f"cancelled after step {i + 1} of {total}")
+        return kwargs
+
+    return on_step

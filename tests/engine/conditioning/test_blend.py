@@ -22,9 +22,8 @@ from engine.conditioning.blend import (
     blend_pool,
     blend_style_delta,
     embedding_stats,
-    pool_sequence,
-    resample_linear,
 )
+from engine.conditioning.sequence import pool_sequence, resample_linear
 from engine.types import BlendMode
 from tests.engine.refmath import ref_pool
 
@@ -475,12 +474,12 @@ def test_embedding_stats_matches_numpy():
         embedding_stats(torch.randn(5))
 
 
-def test_helpers_reexported():
-    from engine.conditioning import sequence as masking
+def test_sequence_helpers_have_one_import_path():
+    from engine.conditioning import sequence
 
-    for name in ("pool_sequence", "resample_linear", "fit_caption", "mask_outliers"):
-        assert getattr(blending, name) is getattr(masking, name)
-        assert name in blending.__all__
+    for name in ("pool_sequence", "resample_linear", "fit_caption", "mask_outliers", "check_matrix", "compute_dtype"):
+        assert name in sequence.__all__ and callable(getattr(sequence, name))
+        assert name not in blending.__all__  # engine.conditioning.sequence is their one home
 
 
 def test_append_alpha_changes_row_direction_so_it_survives_rms_norm():

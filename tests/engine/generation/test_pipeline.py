@@ -9,11 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.conditioning.blend import blend, fit_caption
+from engine.conditioning.blend import blend
+from engine.conditioning.sequence import fit_caption
 from engine.generation.zimage import Cancelled
-from engine.generation.pipeline import StylePipeline, stylize
+from engine.generation.pipeline import StylePipeline
 from engine.conditioning.text import ReferenceStats
-from engine.types import BlendMode, LayerWeight, StylizeRequest, VLResult
+from engine.types import BlendMode, Encoded, LayerWeight, StylizeRequest, VLResult
 from tests.imagecheck import assert_different_image, assert_same_image
 
 SMALL = dict(width=32, height=32, steps=2)
@@ -34,7 +35,7 @@ def _bytes(img: Image.Image) -> bytes:
 
 def test_txt2img_stylize(pipe):
     req = StylizeRequest(prompt="a red fox", seeds=(1, 2), **SMALL)
-    res = stylize(req, pipe)
+    res = pipe(req)
     assert len(res.images) == 2 and res.seeds == [1, 2]
     assert all(im.size == (32, 32) and im.mode == "RGB" for im in res.images)
     assert res.vl is None and res.params["vl_applied"] is False and res.params["mode"] == "txt2img"
@@ -58,8 +59,9 @@ def test_reference_stylize_equals_manual_path(pipe):
     text = pipe.text_encoder.encode(["a red fox"])[0]
     vl = pipe.vl_extractor.extract(ref, "a red fox")
     caption = fit_caption(blend(vl.embeddings, text, 0.5, BlendMode.POOL))
-    manual = pipe.generator.generate(caption, seeds=[3], steps=2, width=32, height=32)
-    assert _bytes(manual.images[0]) == _bytes(res.images[0])
+    den = pipe.generator.denoise(caption, seeds=[3], steps=2, width=32, height=32)
+    manual = pipe.generator.decode(den.latents)
+    assert _bytes(manual[0]) == _bytes(res.images[0])
     pure = pipe(req.replace(alpha=0.0))
     assert _bytes(pure.images[0]) != _bytes(res.images[0])
 
@@ -74,9 +76,15 @@ def test_two_stages_equal_one_call(pipe):
     whole = pipe(req)
     assert _bytes(staged.images[0]) == _bytes(whole.images[0])
     assert staged.params["caption_length"] == whole.params["caption_length"]
-    # generate fills in what a stage did not give
-    lazy = pipe.generate(req, None)
-    assert _bytes(lazy.images[0]) == _bytes(whole.images[0])
+    # the two halves __call__ runs: encode() then generate(request, encoded)
+    encoded = pipe.encode(req)
+    assert isinstance(encoded, Encoded) and torch.equal(encoded.prompt_embeds, text)
+    assert torch.equal(encoded.vl.embeddings, vl.embeddings) and encoded.neutral is None and encoded.negative is None
+    halves = pipe.generate(req, encoded)
+    assert _bytes(halves.images[0]) == _bytes(whole.images[0])
+    # nothing fills in a missing stage: a request that needs its extraction says so
+    with pytest.raises(ValueError, match="extraction"):
+        pipe.generate(req, None, text)
 
 
 def test_alpha_zero_skips_the_extraction(pipe):
@@ -135,22 +143,35 @@ def test_multilayer_cfg_and_think(pipe):
     assert res.params["text_length"] == len(pipe.text_encoder.token_ids("a red fox", think=True))
 
 
-def test_per_dim_uses_memoised_reference_stats_and_provider(tiny_models):
-    served: list[str] = []
-
-    def provider(key, compute):
-        served.append(key)
-        return compute()
-
-    p = StylePipeline.from_pretrained(tiny_models.zimage, tiny_models.qwen3vl, device="cpu", dtype="float32",
-                                      stats_provider=provider)
+def test_per_dim_uses_memoised_reference_stats(tiny_models):
+    p = StylePipeline.from_pretrained(tiny_models.zimage, tiny_models.qwen3vl, device="cpu", dtype="float32")
     req = StylizeRequest(prompt="a fox", reference=_ref(), normalization="per_dim", outlier_mode="scale", **SMALL)
+    key = p.reference_stats_key(req)
+    assert key is not None and p.reference_stats_key(req.replace(normalization="global", outlier_mode="none")) is None
+    assert p.reference_stats_key(req.replace(alpha=0.0)) is None  # no extraction, no statistics
     vl = p.encode_reference(req)
-    assert vl.settings["reference_stats"] == served[0]
-    stats = p.reference_stats(-2)
-    assert isinstance(stats, ReferenceStats) and p.reference_stats(-2) is stats
-    assert served == [stats.key]  # computed once, through the provider
+    assert vl.settings["reference_stats"] == key
+    stats = p.reference_stats_for(req)
+    assert isinstance(stats, ReferenceStats) and stats.key == key
+    assert p.reference_stats_for(req) is stats and p.reference_stats(-2) is stats  # computed once
     assert not p.loaded_components().get("dit")  # stage 1 never touched the DiT
+
+
+def test_seeded_reference_stats_are_used_and_checked(tiny_models):
+    donor = StylePipeline.from_pretrained(tiny_models.zimage, tiny_models.qwen3vl, device="cpu", dtype="float32")
+    req = StylizeRequest(prompt="a fox", reference=_ref(), normalization="per_dim", **SMALL)
+    stats = donor.reference_stats_for(req)
+    p = StylePipeline.from_pretrained(tiny_models.zimage, tiny_models.qwen3vl, device="cpu", dtype="float32")
+    key = p.reference_stats_key(req)
+    with pytest.raises(ValueError, match="key"):
+        p.seed_reference_stats("0" * 64, stats)
+    flat = ReferenceStats(mean=stats.mean[None], std=stats.std[None], layer=stats.layer, num_prompts=1, num_tokens=1,
+                          key=key)
+    with pytest.raises(ValueError, match=r"\[D\]"):
+        p.seed_reference_stats(key, flat)
+    p.seed_reference_stats(key, stats)
+    assert p.reference_stats_for(req) is stats
+    assert p.loaded_components() == {}  # served from the memo: the text encoder never loaded
 
 
 def test_progress_and_cancel(pipe):
@@ -168,7 +189,9 @@ def test_generate_batch_equals_single_calls(pipe):
     a = StylizeRequest(prompt="a fox", seeds=(1, 2), **SMALL)
     b = StylizeRequest(prompt="a cat", reference=_ref(), alpha=0.5, seeds=(3,), **SMALL)
     vls = [pipe.encode_reference(a), pipe.encode_reference(b)]
-    out = pipe.generate_batch([a, b], vls, [None, None])
+    out = pipe.generate_batch([a, b], vls, [pipe.encode_prompt(a), pipe.encode_prompt(b)])
+    encoded = pipe.generate_batch([a, b], [pipe.encode(a), pipe.encode(b)])
+    assert [_bytes(i) for r in encoded for i in r.images] == [_bytes(i) for r in out for i in r.images]
     assert [len(r.images) for r in out] == [2, 1]
     assert_same_image(out[0].images[1], pipe(a).images[1])
     assert_same_image(out[1].images[0], pipe(b).images[0])
