@@ -33,6 +33,7 @@ from PIL import Image  # noqa: E402
 from engine.serving.queue import Job  # noqa: E402
 from engine.types import StylizeRequest  # noqa: E402
 from _common import WorkerSettings  # noqa: E402
+from engine.serving.protocols import WorkerConfig  # noqa: E402
 from engine.serving.worker import EngineWorker  # noqa: E402
 
 TICK = 0.005
@@ -58,7 +59,7 @@ async def ticker(lags: list[float], stop: asyncio.Event) -> None:
 
 
 async def run(pipe, seconds: float, ref_px: int, size: int, steps: int) -> tuple[list[float], int, dict]:
-    worker = EngineWorker(pipe, settings=WorkerSettings())
+    worker = EngineWorker(pipe, config=WorkerConfig.from_settings(WorkerSettings(), preload=False))
     await worker.start()
     lags: list[float] = []
     stop = asyncio.Event()
@@ -86,7 +87,7 @@ async def run(pipe, seconds: float, ref_px: int, size: int, steps: int) -> tuple
         await tick
         status = await worker.status()
         await worker.stop()
-    return lags, done, status["estimates"]
+    return lags, done, status.estimates
 
 
 async def on_loop_contrast(pipe, request: StylizeRequest) -> float:

@@ -37,6 +37,7 @@ from PIL import Image  # noqa: E402
 from engine.serving.queue import Job  # noqa: E402
 from engine.types import StylizeRequest, StylizeResult, VLResult  # noqa: E402
 from _common import WorkerSettings  # noqa: E402
+from engine.serving.protocols import WorkerConfig  # noqa: E402
 from engine.serving.worker import EngineWorker  # noqa: E402
 
 
@@ -82,7 +83,7 @@ def run_sequential(pipe, requests: list[StylizeRequest]) -> Timed:
 
 
 async def _run_worker(pipe, requests: list[StylizeRequest]) -> Timed:
-    worker = EngineWorker(pipe, settings=WorkerSettings())
+    worker = EngineWorker(pipe, config=WorkerConfig.from_settings(WorkerSettings(), preload=False))
     await worker.start()
     try:
         with Timed() as t:
@@ -149,11 +150,25 @@ def bench_models(quick: bool, jobs: int, rounds: int, width: int = 64) -> tuple[
 class SleepPipeline:
     """Stages that sleep (release the GIL) for calibrated times; what the worker reaches without CPU contention."""
 
+    vl_device = "cpu"
+
     def __init__(self, vl_s: float, dit_s: float) -> None:
         self.vl_s, self.dit_s = vl_s, dit_s
 
     def check_inputs(self, request):
         pass
+
+    def needs_reference(self, request):
+        return request.reference is not None
+
+    def reference_stats_key(self, request):
+        return None
+
+    def neutral_reference(self, request):
+        return self.encode_reference(request)
+
+    def negative_embedding(self, request):
+        return torch.zeros(2, 8)
 
     def encode_reference(self, request):
         time.sleep(self.vl_s)
@@ -162,7 +177,7 @@ class SleepPipeline:
     def encode_prompt(self, request):
         return torch.zeros(2, 8)
 
-    def generate(self, request, vl, text_emb=None, *, progress=None, should_abort=None):
+    def generate(self, request, vl, text_emb=None, *, neutral=None, progress=None, should_abort=None):
         for step in range(request.steps):
             time.sleep(self.dit_s / request.steps)
             if progress:

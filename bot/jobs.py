@@ -4,7 +4,7 @@
   refuse what the attachment's metadata rules out, defer (the 3-second rule), resolve the parameters (options >
   user defaults > preset > settings), plan the sweep, download and sanitise the reference, submit to the worker,
   turn the "thinking…" message into the status message and hand it to the notifier.
-* **Recording**: :class:`JobService` is the worker's ``JobRecorder``; the ``jobs`` table is the truth (a row is
+* **Recording**: :class:`SqliteRecorder` is the worker's ``JobRecorder``; the ``jobs`` table is the truth (a row is
   written before a job can run, and every status change is a checked transition).
 * **Restart**: :meth:`JobService.recover` puts interrupted jobs back in the queue from their rows (the reference is
   stored by content, the parameters in the row) and resumes their status messages.
@@ -59,6 +59,35 @@ log = logging.getLogger(__name__)
 
 #: Queued jobs older than this at start-up are not resumed (they fail with a notice instead).
 RESUME_WINDOW = timedelta(hours=24)
+
+
+class SqliteRecorder:
+    """The worker's ``JobRecorder`` over the ``jobs`` table (built before the worker, which is given it)."""
+
+    def __init__(self, settings: Any, store: Store) -> None:
+        self.settings, self.store = settings, store
+
+    async def on_queued(self, job: Job) -> None:
+        d: Delivery = job.context["delivery"]
+        await self.store.jobs.create(
+            job.owner_id, job.kind, job.context["params"], guild_id=job.guild_id, channel_id=d.channel_id,
+            interaction_token=d.token, application_id=d.application_id, interaction_created_at=d.token_created_at,
+            message_id=d.message_id, job_id=job.id,
+        )  # fmt: skip
+
+    async def on_started(self, job: Job) -> None:
+        await self.store.jobs.transition(job.id, JobStatus.RUNNING)
+
+    async def on_finished(self, job: Job, outcome: JobOutcome) -> None:
+        paths: list[str] = []
+        if outcome.results:
+            root = self.settings.data_dir / "results" / job.id
+            paths = await asyncio.to_thread(save_results, root, job, outcome)
+        await self.store.jobs.transition(job.id, JobStatus(outcome.status.value), error=outcome.error,
+                                         timings=outcome.timings, result_paths=paths)
+
+    async def on_interrupted(self, job: Job) -> None:
+        await self.store.jobs.transition(job.id, JobStatus.QUEUED)
 
 
 class JobService:
@@ -184,29 +213,6 @@ class JobService:
         log.info("job=%s user=%s kind=%s cells=%d queued at %d", job.id, job.owner_id, kind, len(requests), position)
         self.notifier.follow(job, just_edited=delivery.message_id is not None)
 
-    # --- JobRecorder ------------------------------------------------------------------------------------------------
-    async def on_queued(self, job: Job) -> None:
-        d: Delivery = job.context["delivery"]
-        await self.store.jobs.create(
-            job.owner_id, job.kind, job.context["params"], guild_id=job.guild_id, channel_id=d.channel_id,
-            interaction_token=d.token, application_id=d.application_id, interaction_created_at=d.token_created_at,
-            message_id=d.message_id, job_id=job.id,
-        )  # fmt: skip
-
-    async def on_started(self, job: Job) -> None:
-        await self.store.jobs.transition(job.id, JobStatus.RUNNING)
-
-    async def on_finished(self, job: Job, outcome: JobOutcome) -> None:
-        paths: list[str] = []
-        if outcome.results:
-            root = self.settings.data_dir / "results" / job.id
-            paths = await asyncio.to_thread(save_results, root, job, outcome)
-        await self.store.jobs.transition(job.id, JobStatus(outcome.status.value), error=outcome.error,
-                                         timings=outcome.timings, result_paths=paths)
-
-    async def on_interrupted(self, job: Job) -> None:
-        await self.store.jobs.transition(job.id, JobStatus.QUEUED)
-
     # --- restart ----------------------------------------------------------------------------------------------------
     async def recover(self) -> int:
         """Re-queue the jobs a restart interrupted (their rows are ``queued`` again) and resume their status
@@ -271,7 +277,8 @@ class JobService:
         if not await may_moderate(interaction, row.owner_id):
             raise NotYourJob()
         if action == "cancel":
-            done = await self.worker.cancel(job_id, interaction.user.id, is_admin=interaction.user.id != row.owner_id)
+            by = "its owner" if interaction.user.id == row.owner_id else "an admin"
+            done = await self.worker.cancel(job_id, f"cancelled by {by}")
             text = "Cancelled." if done else "That job is not queued or running any more."
             await interaction.response.send_message(text, ephemeral=True)
         elif action == "delete":

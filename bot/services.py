@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bot.checks import Cooldowns
-from bot.jobs import JobService
+from bot.jobs import JobService, SqliteRecorder
 from bot.looplag import LoopLagMonitor
 from bot.notifier import Notifier
 from bot.references import ReferenceStore
@@ -27,13 +27,14 @@ from bot.results import render_result
 from bot.retention import Retention
 from bot.store import Store
 from engine.cache.store import EmbeddingCache
+from engine.serving.protocols import WorkerConfig
 from engine.serving.worker import EngineWorker
 
 if TYPE_CHECKING:  # pragma: no cover
     import discord
 
     from bot.settings import BotSettings
-    from engine.serving.worker import PipelineLike
+    from engine.serving.protocols import PipelineLike
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +83,13 @@ class Services:
         try:
             cache = EmbeddingCache(settings.cache_dir, store.cache_index, settings.cache_max_bytes)
             await cache.recover()
-            worker = EngineWorker(settings=settings, cache=cache,
+            worker = EngineWorker(config=WorkerConfig.from_settings(settings), cache=cache,
+                                  recorder=SqliteRecorder(settings, store),
                                   pipeline_factory=pipeline_factory or default_pipeline_factory(settings))
             notifier = Notifier(bot, worker, render_result, interval=progress_interval)
             references = ReferenceStore.from_settings(settings)
             cooldowns = Cooldowns(settings.cooldown_s)
             jobs = JobService(settings, store, worker, references, notifier, cooldowns)
-            worker.recorder = jobs
         except BaseException:
             await store.close()
             raise

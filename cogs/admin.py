@@ -89,7 +89,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot admini
     async def cancel(self, interaction: discord.Interaction, job_id: app_commands.Range[str, 1, 64]) -> None:
         services = services_of(interaction)
         full_id = await services.jobs.find_active(job_id)
-        if not await services.worker.cancel(full_id, interaction.user.id, is_admin=True):
+        if not await services.worker.cancel(full_id, "cancelled by an admin"):
             raise UserError("That job has already finished.")
         await interaction.response.send_message(f"Cancelled `{full_id[:8]}`.", ephemeral=True)
 
@@ -110,17 +110,17 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot admini
     async def status(self, interaction: discord.Interaction) -> None:
         status = await services_of(interaction).status()
         worker, cache, devices = status["worker"], status["cache"], status["devices"]
-        loaded = ", ".join(k for k, v in worker["loaded"].items() if v) or "none yet (loaded on first job)"
+        loaded = ", ".join(k for k, v in worker.loaded.items() if v) or "none yet (loaded on first job)"
         gpus = "; ".join(f"{d['name']}: {_size(d['allocated'])} used, {_size(d['total'])} total"
                          for d in devices["cuda"]) or "no CUDA device (CPU only)"
         fields = {
-            "State": "paused" if worker["paused"] else "reloading" if worker["reloading"] else "running",
+            "State": "paused" if worker.paused else "reloading" if worker.reloading else "running",
             "Models loaded": loaded,
-            "Model errors": worker["model_error"] or "none",
+            "Model errors": worker.model_error or "none",
             "Devices": gpus,
             "Process memory (peak)": _size(devices["process_peak_rss"]),
-            "Queue": f"{worker['queue_depth']} queued, {len(worker['running'])} running",
-            "Done / failed / cancelled": "{done} / {failed} / {cancelled}".format(**worker["counters"]),
+            "Queue": f"{worker.queue_depth} queued, {len(worker.running)} running",
+            "Done / failed / cancelled": "{done} / {failed} / {cancelled}".format(**worker.counters),
             "Cache": f"{cache['entries']} entries, {_size(cache['bytes'])}",
             "Uptime": f"{status['uptime_s'] / 3600:.1f} h",
             "Event-loop lag": "p50 {p50_ms:g} ms, p99 {p99_ms:g} ms, max {max_ms:g} ms".format(**status["loop_lag"]),

@@ -56,7 +56,7 @@ class Queue(commands.GroupCog, group_name="queue", group_description="Your jobs 
     async def cancel(self, interaction: discord.Interaction, job_id: app_commands.Range[str, 1, 64]) -> None:
         services = services_of(interaction)
         full_id = await services.jobs.find_active(job_id, owner_id=interaction.user.id)
-        if not await services.worker.cancel(full_id, interaction.user.id):
+        if not await services.worker.cancel(full_id, "cancelled by its owner"):
             raise UserError("That job has already finished.")
         await interaction.response.send_message("Cancelled.", ephemeral=True)
 

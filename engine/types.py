@@ -253,6 +253,10 @@ class StylizeRequest:
         return OutlierMode.parse(self.outlier_mode, "outlier_mode") is not OutlierMode.NONE or Normalization.parse(
             self.normalization, "normalization") in (Normalization.PER_DIM, Normalization.HYBRID)
 
+    def batch_key(self) -> tuple:
+        """Requests with equal keys may share one batched DiT call: the settings the whole denoising loop shares."""
+        return (self.width, self.height, self.steps, self.strength, float(self.guidance_scale), float(self.shift))
+
     def text_identity(self) -> tuple:
         """Everything the prompt embedding depends on: requests with equal tuples share one."""
         return (self.prompt, self.text_layer, bool(self.think))

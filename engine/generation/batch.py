@@ -1,4 +1,4 @@
-"""Several requests in one batched DiT call: which requests may share one (:func:`batch_key`) and the call itself.
+"""Several requests in one batched DiT call (those that share :meth:`~engine.types.StylizeRequest.batch_key`).
 
 What batching promises: a request's images are the images ``StylePipeline.generate`` gives it alone. Each image has
 its own CPU generator, so its starting noise is exactly the same; the pixels agree up to float32 reordering (another
@@ -17,18 +17,12 @@ from PIL import Image
 from engine.generation.zimage import AbortFn, Cancelled, Denoised, Generator, ProgressFn
 from engine.types import Caption, Encoded, FitMode, StylizeRequest, StylizeResult
 
-__all__ = ["BatchablePipeline", "batch_key", "check_batch", "generate_batch"]
-
-
-def batch_key(request: StylizeRequest) -> tuple:
-    """Requests with equal keys may share one batched DiT call (the settings the whole denoising loop shares)."""
-    return (request.width, request.height, request.steps, request.strength, float(request.guidance_scale),
-            float(request.shift))
+__all__ = ["BatchablePipeline", "check_batch", "generate_batch"]
 
 
 def check_batch(requests: Sequence[StylizeRequest]) -> None:
-    """``ValueError`` unless all ``requests`` share one :func:`batch_key`."""
-    if len({batch_key(r) for r in requests}) > 1:
+    """``ValueError`` unless all ``requests`` share one :meth:`~engine.types.StylizeRequest.batch_key`."""
+    if len({r.batch_key() for r in requests}) > 1:
         raise ValueError("requests in one batch must share width, height, steps, strength, guidance_scale and shift")
 
 
@@ -73,7 +67,7 @@ def generate_batch(pipe: BatchablePipeline, requests: Sequence[StylizeRequest], 
                    progress: ProgressFn | None = None, should_abort: AbortFn | None = None) -> list[StylizeResult]:
     """Blend, fit, then one denoise and decode for all seeds of all ``requests``; one result per request.
 
-    The requests must share :func:`batch_key` (``ValueError`` otherwise). Each keeps its own caption, seeds,
+    The requests must share :meth:`~engine.types.StylizeRequest.batch_key` (``ValueError`` otherwise). Each keeps its own caption, seeds,
     negative and (img2img) reference; the timings of the shared denoise and decode are the batch's.
     """
     if not requests:

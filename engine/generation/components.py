@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +34,12 @@ from engine.models.loading import (
     vl_num_layers,
 )
 
-__all__ = ["COMPONENTS", "ModelSet", "StatsProvider"]
+__all__ = ["COMPONENTS", "ModelSet"]
 
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("vl", "text", "dit", "all")
 
-#: ``provider(key, compute) -> ReferenceStats``: the stored statistics for ``key``, or ``compute()`` stored.
-StatsProvider = Callable[[str, Callable[[], ReferenceStats]], ReferenceStats]
 
 
 def _weights_bytes(folder: Path) -> int:
@@ -223,9 +220,9 @@ class ModelSet:
         """The cache key of the text encoder's statistics at ``layer`` (creates the encoder, loads no weights)."""
         return self.text_encoder.stats_key(check_layer(layer, self.text_layers, "text_layer"))
 
-    def reference_stats(self, layer: int = -2, provider: StatsProvider | None = None) -> ReferenceStats:
-        """Per-dimension mean/std of the text encoder's ``layer`` output: memoised, else from ``provider``
-        (``provider(key, compute)``) or computed."""
+    def reference_stats(self, layer: int = -2) -> ReferenceStats:
+        """Per-dimension mean/std of the text encoder's ``layer`` output: memoised, else computed (a cache seeds the
+        memo beforehand through :meth:`seed_reference_stats`)."""
         layer = check_layer(layer, self.text_layers, "text_layer")
         encoder = self.text_encoder
         key = encoder.stats_key(layer)
@@ -234,10 +231,7 @@ class ModelSet:
         if hit is not None:
             return hit
 
-        def compute() -> ReferenceStats:
-            return encoder.reference_stats(layer)
-
-        stats = provider(key, compute) if provider is not None else compute()
+        stats = encoder.reference_stats(layer)
         with self._lock:
             return self._stats.setdefault(key, stats)  # a racing thread's equal value wins: one object per key
 

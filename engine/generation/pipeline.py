@@ -8,7 +8,7 @@ a small named method::
 
 The worker runs the two halves in two threads: :meth:`StylePipeline.encode` (steps 2-4, the encoders; returns
 :class:`~engine.types.Encoded`) in its encode stage and :meth:`StylePipeline.generate` (steps 5-8, the DiT) in its DiT
-stage; several requests that share :func:`~engine.generation.batch.batch_key` go through one
+stage; several requests that share :meth:`~engine.types.StylizeRequest.batch_key` go through one
 :meth:`StylePipeline.generate_batch`. The models (lazy loading, devices, dtypes, reference statistics) are a
 :class:`~engine.generation.components.ModelSet`.
 """
@@ -30,7 +30,7 @@ from engine.conditioning.sequence import fit_caption
 from engine.conditioning.text import ReferenceStats
 from engine.generation import batch
 from engine.generation.checks import check_request
-from engine.generation.components import COMPONENTS, ModelSet, StatsProvider
+from engine.generation.components import COMPONENTS, ModelSet
 from engine.generation.zimage import AbortFn, Cancelled, Denoised, ProgressFn
 from engine.types import (
     MAX_CAPTION_LEN,
@@ -61,8 +61,6 @@ class StylePipeline:
 
     def __init__(self, models: ModelSet):
         self.models = models
-        #: Transitional: the worker's cache hook until it seeds :meth:`seed_reference_stats` itself (then: remove).
-        self.stats_provider: StatsProvider | None = None
         self._lock = threading.RLock()
         self._negatives: dict[tuple[int, bool], torch.Tensor] = {}
         self._neutrals: OrderedDict[tuple, VLResult] = OrderedDict()
@@ -115,7 +113,7 @@ class StylePipeline:
     # ------------------------------------------------------------------------------------------- reference stats
     def reference_stats(self, layer: int = -2) -> ReferenceStats:
         """Per-dimension mean/std of the text encoder's ``layer`` output (once per encoder and layer)."""
-        return self.models.reference_stats(layer, self.stats_provider)
+        return self.models.reference_stats(layer)
 
     def reference_stats_key(self, request: StylizeRequest) -> str | None:
         """The cache key of the text-encoder statistics ``request``'s extraction needs; ``None`` when it needs none."""

@@ -1,8 +1,18 @@
-"""What a user is told when a job fails: one line, never a traceback, no host paths (used by the worker)."""
+"""What a user is told when a job fails (one line, never a traceback, no host paths), and the worker's handling of
+a failed stage: logging it, releasing the memory its traceback pins."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import traceback
+from collections.abc import Awaitable, Callable
+
 import torch
+
+from engine.models.loading import free_memory
+
+log = logging.getLogger(__name__)
 
 OOM_MESSAGE = "the GPU ran out of memory; try a smaller size or fewer images"
 CORRUPT_MESSAGE = "the reference image could not be read (it may be corrupt or truncated); please upload another one"
@@ -56,3 +66,45 @@ def user_message(exc: BaseException, job_id: str) -> str:
     if is_corrupt_image(exc):
         return CORRUPT_MESSAGE
     return f"generation failed (job {job_id}); the admins have the details"
+
+
+def clear_frames(exc: BaseException | None) -> None:
+    """Clear the frames of ``exc`` and its causes: tracebacks pin the failed work's tensors (an OOM's
+    activations) until cleared."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
+
+
+def drop_result(fut: asyncio.Future) -> None:
+    """Retrieve a dropped thread future's exception so asyncio does not log it as never retrieved."""
+    if not fut.cancelled():
+        exc = fut.exception()
+        if exc is not None:
+            log.debug("work of an aborted job ended with %s: %s", type(exc).__name__, exc)
+
+
+def log_failure(exc: BaseException, job_id: str, stage: str, message: str) -> None:
+    """Log a job's failure: with the traceback when the user was told "generation failed" (a bug or an unknown
+    error), as one line when the message names the cause."""
+    if message.startswith("generation failed"):
+        log.error("job=%s failed in the %s stage", job_id, stage, exc_info=exc)
+    else:
+        log.warning("job=%s failed in the %s stage: %s: %s", job_id, stage, type(exc).__name__, exc)
+
+
+async def fail_and_free(exc: Exception, job_id: str, stage: str, end: Callable[[str], Awaitable[None]],
+                        run_in_stage: Callable[[Callable[[], None]], Awaitable[None]]) -> None:
+    """A stage raised ``exc``: log it, end the job as failed with the user's message (``end(message)``), then
+    free memory in the stage's own thread (``run_in_stage(fn)``: after the failed work, off the event loop)."""
+    message = user_message(exc, job_id)
+    log_failure(exc, job_id, stage, message)
+    clear_frames(exc)
+    del exc
+    await end(message)
+    try:
+        await run_in_stage(free_memory)
+    except RuntimeError:  # the stage thread was shut down (stop() in progress)
+        free_memory()

@@ -1,91 +1,25 @@
-"""Test harness for the bot: a fast fake pipeline, settings pointing at a FakeDiscord, a running-bot context manager,
-image builders and a modal-submit dispatcher (the fake has no helper for interaction type 5)."""
+"""Test harness for the bot: the shared fake pipeline (``tests.fakes``), settings pointing at a FakeDiscord, a
+running-bot context manager, image builders and a modal-submit dispatcher (the fake has no helper for interaction
+type 5)."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
-import os
-import threading
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from PIL import Image
 
 from bot.client import ZvlBot, create_bot
 from bot.discord_api import current_endpoints, point_discord_at
-from engine.generation.zimage import Cancelled
 from bot.settings import BotSettings, load_bot_settings
-from engine.types import PositionKind, StylizeRequest, StylizeResult, VLResult
 from tests.fakediscord import FakeDiscord, InteractionRecord
 from tests.fakediscord import interactions as build
-
-
-class FakePipeline:
-    """``engine.serving.worker.PipelineLike`` without models: a solid colour per (seed, alpha, mode), or noise.
-
-    ``gate``: when given, every step waits for it (a test holds a job running). ``fail``: raise this in generate.
-    ``step_s``: seconds per denoising step (to watch progress).
-    """
-
-    def __init__(self, *, gate: threading.Event | None = None, noise: bool = False, fail: Exception | None = None,
-                 max_layer: int = 8, step_s: float = 0.0) -> None:
-        self.gate, self.noise, self.fail, self.max_layer, self.step_s = gate, noise, fail, max_layer, step_s
-        self.loaded = {"vl": False, "text": False, "dit": False}
-        self.requests: list[StylizeRequest] = []
-
-    def check_inputs(self, request: StylizeRequest) -> None:
-        layers = [request.hidden_layer] if isinstance(request.hidden_layer, int) else \
-            [lw.layer for lw in request.hidden_layer]
-        if any(-layer > self.max_layer for layer in layers):
-            raise ValueError(f"hidden_layer {layers[0]} is beyond the VL model's {self.max_layer} layers")
-
-    def encode_reference(self, request: StylizeRequest) -> VLResult | None:
-        if request.reference is None:
-            return None
-        return VLResult(torch.zeros(4, 8), [PositionKind.IMAGE.value] * 4, (0, 4), 1.0, 1.0, 1.0)
-
-    def encode_prompt(self, request: StylizeRequest) -> torch.Tensor:
-        return torch.zeros(3, 8)
-
-    def generate(self, request: StylizeRequest, vl: Any, text_emb: Any = None, *, progress=None,
-                 should_abort=None) -> StylizeResult:
-        self.requests.append(request)
-        if self.fail is not None:
-            raise self.fail
-        for step in range(request.steps):
-            while self.gate is not None and not self.gate.wait(0.02):
-                if should_abort is not None and should_abort():
-                    raise Cancelled("aborted")
-            time.sleep(self.step_s)
-            if progress is not None:
-                progress(step + 1, request.steps)
-        images = [self._image(request, seed) for seed in request.seeds]
-        return StylizeResult(images, list(request.seeds), params=request.record(), timings={"total": 0.01})
-
-    def _image(self, request: StylizeRequest, seed: int) -> Image.Image:
-        size = (request.width, request.height)
-        if self.noise:
-            return Image.frombytes("RGB", size, os.urandom(size[0] * size[1] * 3))
-        digest = hashlib.sha256(f"{seed}|{request.alpha}|{request.blend_mode}".encode()).digest()
-        return Image.new("RGB", size, tuple(digest[:3]))
-
-    def load(self, component: str) -> None:
-        for name in (self.loaded if component == "all" else [component]):
-            self.loaded[name] = True
-
-    def unload(self, component: str) -> None:
-        for name in (self.loaded if component == "all" else [component]):
-            self.loaded[name] = False
-
-    def loaded_components(self) -> dict[str, Any]:
-        return dict(self.loaded)
+from tests.fakes import FakePipeline
 
 
 def make_settings(tmp_path: Path, fake: FakeDiscord | None = None, **overrides: Any) -> BotSettings:

@@ -30,4 +30,4 @@ async def test_stylize_with_the_tiny_models(fake: FakeDiscord, tmp_path: Path, t
         meta = read_png_metadata(upload.data)
         assert meta["params"]["seeds"] == [11] and meta["params"]["steps"] == 2
         status = await bot.services.worker.status()
-        assert status["counters"]["done"] == 1 and status["counters"]["vl_extractions"] == 1
+        assert status.counters["done"] == 1 and status.counters["vl_extractions"] == 1

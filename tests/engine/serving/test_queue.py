@@ -171,7 +171,7 @@ def test_fairness_invariant_for_any_submission_pattern():
 
 
 def test_two_stage_schedule_accounts_for_overlap():
-    from engine.serving.queue import schedule_two_stage
+    from engine.serving.eta import schedule_two_stage
 
     # DiT-bound: encode 1 s hidden behind the previous job's 2 s DiT
     assert schedule_two_stage([(1.0, 2.0)] * 3, vl_free=0.0, dit_free=0.0) == [3.0, 5.0, 7.0]
@@ -182,7 +182,7 @@ def test_two_stage_schedule_accounts_for_overlap():
 
 
 def test_stage_estimator_costs_and_ewma():
-    from engine.serving.queue import StageEstimator, dit_units
+    from engine.serving.eta import StageEstimator, dit_units
 
     r = StylizeRequest(reference=None, steps=9, width=1024, height=1024, seeds=(1, 2))
     assert dit_units(r) == 18
