@@ -18,9 +18,9 @@ import discord
 from discord.ext import commands
 
 from bot.discord_api import Endpoints, point_discord_at
+from bot.jobs import JobButton
 from bot.services import PipelineFactory, Services
 from bot.tree import ZvlTree
-from bot.ui.buttons import JobButton
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bot.checks import Cooldowns
-from bot.jobs import JobService, SqliteRecorder
+from bot.jobs import JobService, Notifier, SqliteRecorder, render_result
 from bot.looplag import LoopLagMonitor
-from bot.notifier import Notifier
 from bot.references import ReferenceStore
-from bot.results import render_result
 from bot.retention import Retention
 from bot.store import Store
 from engine.cache.store import EmbeddingCache

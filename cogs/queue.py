@@ -7,8 +7,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import UserError
+from bot.jobs import JobButton
 from bot.services import services_of
-from bot.ui.buttons import JobButton
 from bot.ui.embeds import info_embed, job_line
 
 

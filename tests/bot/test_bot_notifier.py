@@ -1,4 +1,4 @@
-"""bot.notifier: progress edits are coalesced (at most one per interval, the newest event shown, final not
+"""bot.jobs Notifier: progress edits are coalesced (at most one per interval, the newest event shown, final not
 throttled) and interaction tokens are used only while fresh."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 import time
 from datetime import datetime, timedelta, timezone
 
-from bot.notifier import Delivery, Notifier
+from bot.jobs import Delivery, Notifier
 from engine.serving.events import EventKind, ProgressEvent
 from engine.serving.queue import Job
 from engine.types import StylizeRequest
@@ -96,22 +96,22 @@ def test_token_is_used_only_while_fresh() -> None:
     assert "t'" not in repr(d) and "token=" not in repr(d)
 
 
-async def test_delivery_is_retried_after_network_errors(monkeypatch) -> None:
+async def test_delivery_is_retried_after_network_errors() -> None:
     """A dropped connection while sending the result is retried; a 413 lowers the upload limit."""
     import aiohttp
 
-    import bot.notifier as notifier_module
-    from bot.results import Outgoing
+    import discord
+
+    from bot.jobs import Outgoing
     from engine.serving.queue import JobOutcome, JobStatus
 
-    monkeypatch.setattr(notifier_module, "RETRY_DELAYS", (0.0, 0.0))
     limits: list[int] = []
 
     async def render(_job, _outcome, limit):
         limits.append(limit)
         return Outgoing(content="done", uploads=[("a.png", b"x")])
 
-    notifier = Notifier(None, StubWorker(), render)  # type: ignore[arg-type]
+    notifier = Notifier(None, StubWorker(), render, retry_delays=(0.0, 0.0))  # type: ignore[arg-type]
     failures = [aiohttp.ClientConnectionError("reset"), "413", None]
 
     async def place(_delivery, _out):
@@ -120,7 +120,7 @@ async def test_delivery_is_retried_after_network_errors(monkeypatch) -> None:
             class Response:
                 status, reason = 413, "Payload Too Large"
 
-            raise notifier_module.discord.HTTPException(Response(), {"code": 40005, "message": "too large"})
+            raise discord.HTTPException(Response(), {"code": 40005, "message": "too large"})
         if failure is not None:
             raise failure
 

@@ -32,7 +32,7 @@ from discord import app_commands
 
 from bot.checks import Cooldowns, may_manage_guild, may_moderate
 from bot.errors import PUBLIC_DEFER, GuildOnly, JobGone, NotYourJob, UserError, defer_reply
-from bot.notifier import Delivery, Notifier
+from bot.jobs._delivery import Delivery, Notifier
 from bot.params import (
     GenerationOptions,
     build_request,
@@ -42,10 +42,10 @@ from bot.params import (
     settings_defaults,
 )
 from bot.references import Reference, ReferenceStore
-from bot.results import save_results
+from bot.jobs._render import save_results
 from bot.store import JobKind, JobStatus, Store, resolve_params
 from bot.store.db import utcnow
-from bot.ui.buttons import PresetNameModal, status_view
+from bot.jobs._buttons import PresetNameModal, status_view
 from bot.ui.embeds import info_embed, settings_lines, status_line
 from engine.serving.events import EventKind, ProgressEvent
 from engine.serving.queue import Job, JobOutcome

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import discord
 
-from bot.results import Outgoing
-from bot.ui.buttons import status_view
+from bot.jobs._render import Outgoing
+from bot.jobs._buttons import status_view
 from bot.ui.embeds import status_line
 from engine.serving.events import EventKind, ProgressEvent, throttle
 from engine.serving.queue import Job, JobOutcome, JobStatus
@@ -79,15 +79,15 @@ class Delivery:
 class Notifier:
     """Follows jobs of an :class:`~engine.serving.worker.EngineWorker` and keeps their Discord messages up to date.
 
-    ``render(job, outcome, limit)`` builds the final message (``bot.results.render_result``); ``now`` is the wall
+    ``render(job, outcome, limit)`` builds the final message (``bot.jobs.render_result``); ``now`` is the wall
     clock used for token age, ``clock`` the monotonic clock of the edit throttle (both replaceable in tests).
     """
 
     def __init__(self, bot: discord.Client, worker: EngineWorker, render: Callable[..., Any], *,
                  interval: float = 2.0, clock: Callable[[], float] = time.monotonic,
-                 now: Callable[[], datetime] = _utcnow) -> None:
+                 now: Callable[[], datetime] = _utcnow, retry_delays: tuple[float, ...] = RETRY_DELAYS) -> None:
         self.bot, self.worker, self.render = bot, worker, render
-        self.interval = interval
+        self.interval, self.retry_delays = interval, retry_delays
         self.clock, self.now = clock, now
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -143,11 +143,11 @@ class Notifier:
     async def deliver(self, job: Job, outcome: JobOutcome) -> None:
         """Send the final state: the result (PNG, or a smaller format / size when over the upload limit), or why
         there is none. A 413 from Discord (a lower limit than announced) halves the limit and tries again; a
-        network or server error is retried after :data:`RETRY_DELAYS` seconds. The images are on disk whatever
+        network or server error is retried after ``retry_delays`` seconds (default :data:`RETRY_DELAYS`). The images are on disk whatever
         happens (``data_dir/results/<job id>``)."""
         delivery: Delivery = job.context["delivery"]
         limit = delivery.upload_limit
-        delays = list(RETRY_DELAYS)
+        delays = list(self.retry_delays)
         while True:
             out = await self._final_message(job, outcome, limit)
             try:

@@ -16,7 +16,7 @@ import discord
 
 from bot.params import describe_layer
 from bot.text import display_text
-from bot.ui.buttons import result_view
+from bot.jobs._buttons import result_view
 from bot.ui.embeds import params_json, result_embed, sweep_embed
 from engine.media.grid import fit_grid_for_upload, make_sweep_grid
 from engine.media.images import encode_for_upload, png_with_metadata
