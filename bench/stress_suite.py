@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     closing = [line for line in proc.stdout.splitlines() if " passed" in line or " failed" in line or "error" in line]
     failures = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
     print("\n".join(failures))
+    if proc.returncode:  # the first failure's report, for a run nobody watched
+        report = proc.stdout.split("= FAILURES =", 1)[-1] if "= FAILURES =" in proc.stdout else proc.stdout
+        print(report.split("= ERRORS =", 1)[-1][-6000:])
     print(f"busy={args.busy} omp_threads={env.get('OMP_NUM_THREADS', '1 (zvl default)')} cores={os.cpu_count()}: "
           f"{closing[-1] if closing else 'no closing line'} in {took:.0f} s")
     return proc.returncode
