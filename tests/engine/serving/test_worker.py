@@ -983,7 +983,8 @@ def _stats(key: str, value: float = 1.0):
 
 
 async def test_stats_provider_stores_and_serves_reference_statistics(make_worker, tmp_path):
-    from engine.cache.store import MemoryCacheIndex, cache_key, ref_stats_cache_record
+    from engine.cache.records import cache_key, ref_stats_cache_record
+    from engine.cache.store import MemoryCacheIndex
 
     key = cache_key(ref_stats_cache_record(model_identity="m", layer=-2, prompts=["a"], dtype="float32"))
     computed: list[str] = []
