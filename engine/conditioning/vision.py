@@ -62,184 +62,16 @@ from engine.models.loading import (
     resolve_device,
 )
 from engine.conditioning.text import forward_to_layers
+from engine.conditioning.tokens import (budget_grid, check_reference_stats, layers_record, normalize, parse_layers,
+                                        processor_grid, select_positions, std_all)
 from engine.types import LayerWeight, Normalization, OutlierDirection, OutlierMode, PositionKind, TokenMode, VLResult
 
 log = logging.getLogger(__name__)
 
-#: Pixels per VL token side: 16 px patches merged 2x2.
-DEFAULT_TOKEN_PIXELS = 32
-#: Per-dimension z-scores are clipped at this many standard deviations (``per_dim`` / ``hybrid``).
-PER_DIM_CLIP = 3.0
-_EPS = 1e-6
 
 #: Placeholder tokens that are not "ordinary text" even if a tokenizer does not flag them special.
 _MARKER_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
                   "<|video_pad|>", "<|endoftext|>")
-
-
-# ------------------------------------------------------------------------------------------------ layer specs
-def parse_layers(hidden_layer: Any, num_layers: int, name: str = "hidden_layer") -> list[tuple[int, float]]:
-    """Normalise ``hidden_layer`` to ``[(layer, weight), ...]`` with weights summing to 1.
-
-    Accepts an int (``-6``), a :class:`LayerWeight`, or a sequence of LayerWeight / ``(layer, weight)`` pairs /
-    ints (weight 1). Layers count from the end: ``-1`` .. ``-num_layers``. Repeated layers have their weights added.
-    Raises ``ValueError`` naming ``name`` and the valid range.
-    """
-    valid = f"between -{num_layers} and -1"
-
-    def one_layer(value: Any) -> int:
-        if isinstance(value, bool):
-            raise ValueError(f"{name} must be an integer {valid}; got {value!r}")
-        try:
-            as_int = int(value)
-            if as_int != value:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be an integer {valid}; got {value!r}") from None
-        if not -num_layers <= as_int <= -1:
-            raise ValueError(f"{name} must be {valid} (counted from the last layer; the model has "
-                             f"{num_layers} layers); got {as_int}")
-        return as_int
-
-    if isinstance(hidden_layer, LayerWeight):
-        items: list[Any] = [hidden_layer]
-    elif isinstance(hidden_layer, (list, tuple)):
-        if len(hidden_layer) == 0:
-            raise ValueError(f"{name} must name at least one layer; got an empty list")
-        if len(hidden_layer) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                          for v in hidden_layer) and isinstance(hidden_layer[1], float):
-            items = [tuple(hidden_layer)]  # a bare (layer, weight) pair
-        else:
-            items = list(hidden_layer)
-    else:
-        return [(one_layer(hidden_layer), 1.0)]
-    weights: dict[int, float] = {}
-    for item in items:
-        if isinstance(item, LayerWeight):
-            layer, weight = item.layer, item.weight
-        elif isinstance(item, (list, tuple)) and len(item) == 2:
-            layer, weight = item
-        else:
-            layer, weight = item, 1.0
-        layer = one_layer(layer)
-        try:
-            weight = float(weight)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} weights must be numbers >= 0; got {weight!r}") from None
-        if not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"{name} weights must be numbers >= 0; got {weight!r}")
-        weights[layer] = weights.get(layer, 0.0) + weight
-    total = sum(weights.values())
-    if total <= 0:
-        raise ValueError(f"{name} weights must not all be 0")
-    return [(layer, w / total) for layer, w in sorted(weights.items(), reverse=True)]
-
-
-def layers_record(layers: list[tuple[int, float]]) -> int | list[list[float]]:
-    """JSON-safe form: a single layer as its int, a mix as ``[[layer, weight], ...]``."""
-    if len(layers) == 1:
-        return int(layers[0][0])
-    return [[int(layer), float(w)] for layer, w in layers]
-
-
-# ------------------------------------------------------------------------------------------------ image budget
-def processor_grid(width: int, height: int, *, factor: int = DEFAULT_TOKEN_PIXELS, min_pixels: int | None = None,
-                   max_pixels: int | None = None) -> tuple[int, int]:
-    """The token grid ``(columns, rows)`` the Qwen2/3-VL processor gives a ``width x height`` image.
-
-    The processor rounds each side to the nearest multiple of ``factor`` (32 px per token) and then scales into
-    ``[min_pixels, max_pixels]`` (floor when too big, ceil when too small), keeping the aspect ratio.
-    """
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
-    if max_pixels and h_bar * w_bar > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif min_pixels and h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return w_bar // factor, h_bar // factor
-
-
-def budget_grid(width: int, height: int, max_tokens: int) -> tuple[int, int]:
-    """The ``(columns, rows)`` grid with ``columns * rows <= max_tokens`` closest to the image's aspect ratio.
-
-    Starts from the exact scale ``sqrt(max_tokens / (W/32 · H/32))`` and picks, among the floor/ceil grids that fit,
-    the one whose aspect ratio is closest to the image's (ties → more tokens).
-    """
-    aspect = width / height
-    scale = math.sqrt(max_tokens / ((width / DEFAULT_TOKEN_PIXELS) * (height / DEFAULT_TOKEN_PIXELS)))
-    cols, rows = width / DEFAULT_TOKEN_PIXELS * scale, height / DEFAULT_TOKEN_PIXELS * scale
-    best: tuple[float, int, int, int] | None = None
-    for c in {max(1, math.floor(cols)), max(1, math.ceil(cols)), max(1, math.floor(cols) - 1)}:
-        for r in {max(1, math.floor(rows)), max(1, math.ceil(rows)), max(1, math.floor(rows) - 1)}:
-            if c * r > max_tokens:
-                continue
-            err = abs(math.log((c / r) / aspect))
-            key = (round(err, 9), -(c * r), c, r)
-            if best is None or key < best:
-                best = key
-    if best is None:  # max_tokens >= 1 always admits 1x1
-        return 1, 1
-    return best[2], best[3]
-
-
-# ------------------------------------------------------------------------------------------------ normalisation
-def normalize(x: torch.Tensor, mode: Normalization, target_std: float, reference_stats: Any = None
-              ) -> tuple[torch.Tensor, float]:
-    """Rescale ``x [L, D]`` (float32) by ``mode``; returns ``(result, scale_factor)``.
-
-    ``scale_factor`` is the multiplier for ``global``; for ``per_dim``/``hybrid`` (no single multiplier exists) it
-    is the ratio of the result's std to the input's, as an effective factor.
-    """
-    orig = _std_all(x)
-    if mode is Normalization.NONE:
-        return x, 1.0
-
-    def global_scaled() -> tuple[torch.Tensor, float]:
-        if orig <= 0:
-            return x.clone(), 1.0
-        factor = float(target_std) / orig
-        return x * factor, factor
-
-    def per_dim_scaled() -> torch.Tensor:
-        ref_mean = reference_stats.mean.to(torch.float32).reshape(-1)
-        ref_std = reference_stats.std.to(torch.float32).reshape(-1)
-        mean = x.mean(dim=0, keepdim=True)
-        if x.shape[0] >= 2:
-            std = x.std(dim=0, keepdim=True).clamp(min=_EPS)
-            z = ((x - mean) / std).clamp(-PER_DIM_CLIP, PER_DIM_CLIP)
-        else:
-            z = torch.zeros_like(x)
-        return z * ref_std + ref_mean
-
-    if mode is Normalization.GLOBAL:
-        return global_scaled()
-    if mode is Normalization.PER_DIM:
-        out = per_dim_scaled()
-    else:  # HYBRID
-        out = 0.5 * per_dim_scaled() + 0.5 * global_scaled()[0]
-    return out, (_std_all(out) / orig if orig > 0 else 1.0)
-
-
-def _std_all(x: torch.Tensor) -> float:
-    """Unbiased std over all elements (0 for a single element)."""
-    if x.numel() < 2:
-        return 0.0
-    return float(x.std())
-
-
-def _check_reference_stats(reference_stats: Any, width: int) -> None:
-    mean = getattr(reference_stats, "mean", None)
-    std = getattr(reference_stats, "std", None)
-    if not isinstance(mean, torch.Tensor) or not isinstance(std, torch.Tensor):
-        raise ValueError("reference_stats must have .mean and .std tensors of shape [D] "
-                         "(engine.conditioning.text.TextEncoder.reference_stats())")
-    if mean.numel() != width or std.numel() != width:
-        raise ValueError(f"reference_stats must have {width} dimensions (the VL hidden size); "
-                         f"got mean {tuple(mean.shape)} and std {tuple(std.shape)}")
 
 
 @dataclass
@@ -473,7 +305,7 @@ class VLExtractor:
             raise ValueError(f"reference_stats is required for normalization {norm.value} "
                              "(per-dimension mean/std of the text encoder; TextEncoder.reference_stats())")
         if reference_stats is not None:
-            _check_reference_stats(reference_stats, self.hidden_size)
+            check_reference_stats(reference_stats, self.hidden_size)
         if not isinstance(image, Image.Image):
             raise ValueError(f"image must be a PIL image; got {type(image).__name__}")
         budget = self.max_image_tokens if max_image_tokens is None else self._check_budget(max_image_tokens)
@@ -511,23 +343,12 @@ class VLExtractor:
             masked_ratios = {int(k): float(v) for k, v in info["ratios"].items()}
 
         # 2. token selection
-        if token_mode is TokenMode.FULL or not n_image:
-            keep = list(range(len(ids)))
-            span = (start + 1, end) if n_image else None
-        elif token_mode is TokenMode.TEXT:
-            keep = list(range(0, start)) + list(range(end + 1, len(ids)))
-            span = None
-        elif token_mode is TokenMode.IMAGE:
-            keep = list(range(start, end + 1))
-            span = (1, 1 + n_image)
-        else:  # IMAGE_NO_MARKERS
-            keep = list(range(start + 1, end))
-            span = (0, n_image)
+        keep, span = select_positions(token_mode, len(ids), start, end)
         selected = hidden[keep]
         sel_kinds = [kinds[p] for p in keep]
 
         # 3. normalisation
-        original_std = _std_all(selected)
+        original_std = std_all(selected)
         out, factor = normalize(selected, norm, target, reference_stats)
         out = out.to(torch.float32).contiguous()
 
@@ -555,7 +376,7 @@ class VLExtractor:
         }
         return VLResult(
             embeddings=out, kinds=sel_kinds, image_span=span, original_std=original_std,
-            scaled_std=_std_all(out), scale_factor=float(factor), masked_dimensions=masked_dims,
+            scaled_std=std_all(out), scale_factor=float(factor), masked_dimensions=masked_dims,
             masked_ratios=masked_ratios, settings=settings,
         )
 
