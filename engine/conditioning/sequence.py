@@ -261,12 +261,11 @@ def mask_outliers(
     :func:`_scale_columns` (``none``: nothing is detected or changed). Columns not changed are bit-for-bit those of
     ``emb``; the result is always a new tensor of ``emb``'s dtype.
 
-    Returns ``(masked, info)`` where ``info`` holds ``masked_dimensions`` (sorted ints: the columns the mode
-    changed), ``ratios`` (``{dim: ratio}`` for those), ``flagged_dimensions`` (every flagged column, including low
-    outliers that ``clamp`` leaves), ``mode``, ``threshold`` and ``direction``.
-
-    Raises ``ValueError`` naming ``emb``, ``reference_std`` (shape must be ``[D]``), ``reference_mean``,
-    ``threshold`` (must be finite and > 1), ``mode`` or ``direction``.
+    Returns ``(masked, info)``; ``info`` holds ``masked_dimensions`` (sorted ints: the columns the mode changed),
+    ``ratios`` (``{dim: ratio}`` for those), ``flagged_dimensions`` (every flagged column, including low outliers
+    that ``clamp`` leaves), ``mode``, ``threshold`` and ``direction``. Raises ``ValueError`` naming ``emb``,
+    ``reference_std`` (shape must be ``[D]``), ``reference_mean``, ``threshold`` (finite, > 1), ``mode`` or
+    ``direction``.
     """
     emb, ref_std, ref_mean, t = _check_outlier_inputs(emb, reference_std, reference_mean, threshold)
     how, which = OutlierMode.parse(mode, "mode"), OutlierDirection.parse(direction, "direction")
@@ -275,8 +274,7 @@ def mask_outliers(
                             "threshold": t, "direction": which.value}
     if how is OutlierMode.NONE or emb.shape[0] < 2:
         return out, info
-    work = emb.to(torch.float64)
-    ref = ref_std.clamp(min=STD_EPS)
+    work, ref = emb.to(torch.float64), ref_std.clamp(min=STD_EPS)
     ratio, high, low = _flag_outliers(work, ref, t, which)
     info["flagged_dimensions"] = [int(d) for d in torch.nonzero(high | low).flatten().tolist()]
     if how is OutlierMode.ZERO:
@@ -285,8 +283,7 @@ def mask_outliers(
         changed = _clamp_columns(out, work, high, t * ref)
     else:  # SCALE
         changed = _scale_columns(out, work, high, low, ref, t)
-    dims = [int(d) for d in torch.nonzero(changed).flatten().tolist()]
-    info["masked_dimensions"] = dims
+    info["masked_dimensions"] = dims = [int(d) for d in torch.nonzero(changed).flatten().tolist()]
     info["ratios"] = {d: float(ratio[d]) for d in dims}
     return out, info
 
