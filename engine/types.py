@@ -198,6 +198,12 @@ class VLResult:
         )
 
 
+#: The request fields a Qwen3-VL extraction depends on besides the reference, its text and the text layer: the one
+#: list that :meth:`StylizeRequest.vl_identity` covers and :func:`engine.cache.keys.default_vl_key` hashes.
+VL_FIELDS = ("hidden_layer", "tokens", "normalization", "target_std", "outlier_mode", "outlier_threshold",
+             "outlier_direction")
+
+
 @dataclass(frozen=True)
 class StylizeRequest:
     """One generation request: everything that decides the output image(s).

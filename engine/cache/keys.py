@@ -1,18 +1,20 @@
 """Embedding-cache keys of a job's requests under a pipeline: the VL extraction and the prompt embedding.
 
-Every setting that changes a tensor is in its key (``engine.cache.store`` records); the worker computes them in its VL thread.
+Every setting that changes a tensor is in its key (``engine.cache.records``); the worker computes them in its VL thread.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from engine.serving.queue import VL_FIELDS
+from engine.cache.records import cache_key, text_cache_record, vl_cache_record
+from engine.conditioning.text import MAX_SEQUENCE_LENGTH
+from engine.models.identity import image_fingerprint, model_identity, text_model_identity
+from engine.types import VL_FIELDS, Normalization, StylizeRequest
 
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from engine.types import StylizeRequest
+__all__ = ["default_vl_key", "pipeline_text_key", "pipeline_vl_key"]
 
 
 def default_vl_key(request: StylizeRequest) -> str | None:
@@ -33,13 +35,10 @@ def default_vl_key(request: StylizeRequest) -> str | None:
 
 def pipeline_vl_key(pipe: Any, request: StylizeRequest, identities: dict[tuple[int, str], str] | None = None
                     ) -> str:
-    """The embedding cache's key (``engine.cache.store.vl_cache_record``) of the request's extraction under ``pipe``: the
+    """The embedding cache's key (``engine.cache.records.vl_cache_record``) of the request's extraction under ``pipe``: the
     reference's pixels, every VL setting, the image-token budget, the Qwen3-VL folder's identity, the reference
     statistics it is normalised against and the compute dtype. Falls back to :func:`default_vl_key` for a pipeline
     without a ``vl_path`` (fakes). ``identities`` memoises the folder hash. Runs in the VL thread."""
-    from engine.cache import store as c
-    from engine.types import Normalization
-
     vl_path = getattr(pipe, "vl_path", None)
     if vl_path is None or request.reference is None:
         key = default_vl_key(request)
@@ -48,39 +47,35 @@ def pipeline_vl_key(pipe: Any, request: StylizeRequest, identities: dict[tuple[i
     memo = identities if identities is not None else {}
     ident = memo.get((id(pipe), str(vl_path)))
     if ident is None:
-        ident = memo[(id(pipe), str(vl_path))] = c.model_identity(vl_path)
+        ident = memo[(id(pipe), str(vl_path))] = model_identity(vl_path)
     norm = Normalization.parse(request.normalization, "normalization")
     stats = pipe.text_encoder.stats_key(request.text_layer) if request.uses_reference_stats else None
     dtype = None
     dtype_for, device = getattr(pipe, "dtype_for", None), getattr(pipe, "vl_device", None)
     if dtype_for is not None and device is not None:
         dtype = str(dtype_for(device))
-    record = c.vl_cache_record(
-        image_fingerprint=c.image_fingerprint(request.reference),
+    record = vl_cache_record(
+        image_fingerprint=image_fingerprint(request.reference),
         text=request.vl_text if request.vl_text is not None else request.prompt,
         layers=request.hidden_layer, token_mode=request.tokens, normalization=norm, target_std=request.target_std,
         outlier_mode=request.outlier_mode, outlier_threshold=request.outlier_threshold,
         outlier_direction=request.outlier_direction, image_token_budget=getattr(pipe, "vl_max_image_tokens", None),
         model_identity=ident, reference_stats=stats, dtype=dtype)
-    return c.cache_key(record)
+    return cache_key(record)
 
 
 def pipeline_text_key(pipe: Any, request: StylizeRequest, identities: dict[tuple[int, str], str] | None = None
                       ) -> str:
-    """The embedding cache's key (``engine.cache.store.text_cache_record``) of the request's prompt embedding under
+    """The embedding cache's key (``engine.cache.records.text_cache_record``) of the request's prompt embedding under
     ``pipe``: prompt, ``text_layer``, ``think``, the identity of the Z-Image folder's text encoder and tokenizer
-    (``engine.conditioning.text.text_model_identity``), the token budget and the compute dtype. A pipeline without a
+    (``engine.models.identity.text_model_identity``), the token budget and the compute dtype. A pipeline without a
     ``zimage_path`` (fakes) is identified by its class. ``identities`` memoises the folder hash. Runs in the VL
     thread; loads no model."""
-    from engine.cache import store as c
-
     zimage = getattr(pipe, "zimage_path", None)
     max_length = dtype = None
     if zimage is None:
         ident = f"pipeline:{type(pipe).__module__}.{type(pipe).__qualname__}"
     else:
-        from engine.conditioning.text import MAX_SEQUENCE_LENGTH, text_model_identity
-
         memo = identities if identities is not None else {}
         ident = memo.get((id(pipe), f"text:{zimage}"))
         if ident is None:
@@ -90,10 +85,6 @@ def pipeline_text_key(pipe: Any, request: StylizeRequest, identities: dict[tuple
         dtype_for, device = getattr(pipe, "dtype_for", None), getattr(pipe, "text_device", None)
         if dtype_for is not None and device is not None:
             dtype = str(dtype_for(device))
-    return c.cache_key(c.text_cache_record(request.prompt, request.text_layer, request.think, ident,
-                                           max_length=max_length, dtype=dtype))
+    return cache_key(text_cache_record(request.prompt, request.text_layer, request.think, ident,
+                                       max_length=max_length, dtype=dtype))
 
-
-def is_cache_key(key: Any) -> bool:
-    """Whether ``key`` is a key the embedding cache accepts (64 lowercase hex characters, ``cache_key``'s form)."""
-    return isinstance(key, str) and len(key) == 64 and all(ch in "0123456789abcdef" for ch in key)

@@ -1,17 +1,10 @@
-"""Embedding cache: content keys, atomic safetensors files, a byte budget with LRU eviction.
+"""Embedding cache: tensors by content key in atomic safetensors files, a byte budget with LRU eviction.
 
-**Keys.** :func:`cache_key` is the sha256 of a canonical JSON record of *everything that changes the tensor*, built
-by :func:`vl_cache_record`, :func:`text_cache_record` or :func:`ref_stats_cache_record`. The seed's key hashed only
-the image and a few options, so changing the layer mix, token mode, normalisation, target std, outlier masking,
-image token budget or the model returned a stale tensor computed under other settings; every one of those is in
-the record now. Images are keyed by their decoded pixels (:func:`image_fingerprint`), so a PNG and a lossless
-re-encode of the same picture share entries; models by :func:`model_identity` (folder + config/tokenizer hashes).
-
-**Files.** One safetensors file per entry, named ``<key[:2]>/<key>-<checksum[:16]>.safetensors`` under the root,
-written atomically (temporary file in the same folder, fsync, ``os.replace``, fsync of the folder). The index row
-is written only once the file is durable, and records the file's sha256, verified on every read. A missing,
-truncated or corrupt file is a miss that drops the row (counted as ``corrupt``), never a crash or a wrong tensor.
-The file header repeats the key, kind and metadata, so :meth:`EmbeddingCache.recover` can adopt orphans.
+**Keys** are built by :mod:`engine.cache.records` (every setting that changes a tensor is in its record) and
+:mod:`engine.cache.keys` (a request's keys under a pipeline). **Files** are :mod:`engine.cache.files`: one
+checksummed safetensors file per entry, written atomically. The index row is written only once the file is durable,
+and records the file's sha256, verified on every read. A missing, truncated or corrupt file is a miss that drops the
+row (counted as ``corrupt``), never a crash or a wrong tensor.
 
 **Index.** Rows live behind the :class:`CacheIndex` protocol: :class:`MemoryCacheIndex` here (CLI, tests) and
 ``bot.store.cache_index.SqliteCacheIndex`` in the bot. The engine imports neither aiosqlite nor the bot.
@@ -19,7 +12,7 @@ The file header repeats the key, kind and metadata, so :meth:`EmbeddingCache.rec
 **Concurrency.** Reads and writes of one key are serialised by a per-key ``asyncio.Lock``; across processes the
 content-addressed file names and ``os.replace`` make any interleaving end with a row that points at a complete file
 matching its checksum (a losing writer's file becomes an orphan that :meth:`~EmbeddingCache.recover` removes).
-File I/O and hashing run in ``asyncio.to_thread``. torch, safetensors and PIL are imported lazily so that importing
+File I/O and hashing run in ``asyncio.to_thread``. torch and safetensors are imported lazily so that importing
 this module (for :class:`CacheEntry`) stays cheap.
 """
 
@@ -27,200 +20,25 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import hashlib
 import json
 import logging
-import math
-import os
-import re
-import struct
-import tempfile
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from engine.types import LayerWeight, Normalization, OutlierDirection, OutlierMode, TokenMode, VLResult
+from engine.cache import files
+from engine.cache.records import check_key
+from engine.types import VLResult
 
-if TYPE_CHECKING:  # pragma: no cover - typing only
+if TYPE_CHECKING:  # a third-party type only, no project module
     import torch
-    from PIL import Image
+
+__all__ = ["CacheEntry", "CacheIndex", "EmbeddingCache", "MemoryCacheIndex"]
 
 log = logging.getLogger(__name__)
-
-#: Bump to invalidate every existing key (part of each record).
-RECORD_VERSION = 1
-
-_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
-_FILE_RE = re.compile(r"^([0-9a-f]{64})-([0-9a-f]{16})\.safetensors$")
-_IDENTITY_FILES = frozenset(
-    {"model_index.json", "config.json", "generation_config.json", "preprocessor_config.json",
-     "processor_config.json", "video_preprocessor_config.json", "tokenizer_config.json", "tokenizer.json",
-     "special_tokens_map.json", "added_tokens.json", "chat_template.json", "chat_template.jinja", "vocab.json",
-     "merges.txt"}
-)  # fmt: skip
-
-
-# --- keys -------------------------------------------------------------------------------------------------------
-
-
-def _canonical(value: Any, where: str) -> Any:
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, Enum):
-        return _canonical(value.value, where)
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"cache record field {where} must be finite; got {value!r}")
-        return float(value) + 0.0  # -0.0 -> 0.0
-    if isinstance(value, LayerWeight):
-        return [int(value.layer), _canonical(float(value.weight), where)]
-    if isinstance(value, Mapping):
-        if not all(isinstance(k, str) for k in value):
-            raise TypeError(f"cache record keys must be strings (at {where})")
-        return {k: _canonical(v, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    raise TypeError(f"cache records hold JSON values only; got {type(value).__name__} at {where}")
-
-
-def canonical_json(record: Mapping[str, Any]) -> str:
-    """Sorted keys, no whitespace, floats as Python's shortest round-trip repr, enums as their values."""
-    return json.dumps(_canonical(record, "record"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def cache_key(record: Mapping[str, Any]) -> str:
-    """sha256 hex of :func:`canonical_json` of ``record``."""
-    return hashlib.sha256(canonical_json(record).encode("utf-8")).hexdigest()
-
-
-def image_fingerprint(image: Image.Image) -> str:
-    """sha256 over the decoded pixels: mode, size and raw bytes after conversion to RGB (what the VL model sees).
-
-    Two files that decode to the same pixels (PNG, BMP, lossless WebP) share a fingerprint. CPU work of a few ms
-    per megapixel; call it from a thread in async code.
-    """
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
-    digest = hashlib.sha256(f"zvl-image-v1:RGB:{rgb.width}x{rgb.height}:".encode())
-    digest.update(rgb.tobytes())
-    return digest.hexdigest()
-
-
-def model_identity(model_dir: str | Path) -> str:
-    """``"<resolved folder>#<sha256>"``: the hash covers the contents of the config, processor, tokenizer and
-    chat-template files and the names and sizes of the weight files, in the folder and its direct subfolders."""
-    root = Path(model_dir).resolve()
-    if not root.is_dir():
-        raise ValueError(f"model_dir must be a model folder; {root} is not a directory")
-    digest = hashlib.sha256()
-    has_config = False
-    for path in sorted([*root.iterdir(), *root.glob("*/*")]):
-        rel = path.relative_to(root).as_posix()
-        if path.name in _IDENTITY_FILES and path.is_file():
-            has_config = has_config or path.name in ("config.json", "model_index.json")
-            digest.update(f"{rel}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
-        elif path.suffix in (".safetensors", ".bin") and path.is_file():
-            digest.update(f"{rel}\0size={path.stat().st_size}\n".encode())
-    if not has_config:
-        raise ValueError(f"model_dir {root} has no config.json or model_index.json; is it a model folder?")
-    return f"{root}#{digest.hexdigest()}"
-
-
-def _layers(layers: int | Sequence[LayerWeight | Sequence[float]]) -> int | list[list[float]]:
-    if isinstance(layers, int) and not isinstance(layers, bool):
-        return int(layers)
-    out = []
-    for item in layers:
-        layer, weight = (item.layer, item.weight) if isinstance(item, LayerWeight) else item
-        out.append([int(layer), float(weight)])
-    if not out:
-        raise ValueError("layers must name at least one layer")
-    return out
-
-
-def vl_cache_record(
-    *,
-    image_fingerprint: str,
-    text: str,
-    layers: int | Sequence[LayerWeight | Sequence[float]],
-    token_mode: TokenMode | str,
-    normalization: Normalization | str,
-    target_std: float,
-    outlier_mode: OutlierMode | str,
-    outlier_threshold: float,
-    outlier_direction: OutlierDirection | str,
-    image_token_budget: int | None,
-    model_identity: str,
-    reference_stats: str | None = None,
-    dtype: str | None = None,
-) -> dict[str, Any]:
-    """The record of a Qwen3-VL extraction (:class:`VLResult`).
-
-    ``layers`` is one layer (``-6``) or ``[LayerWeight | (layer, weight), ...]``; ``image_token_budget`` the
-    processor's pixel/token limit (``None``: the processor default); ``reference_stats`` the cache key (or another
-    stable id) of the reference statistics that per-dimension normalisation or outlier masking compared against;
-    ``dtype`` the compute dtype. Settings that do not matter under the chosen mode are kept anyway: an unneeded
-    miss costs one extraction, a wrong hit costs a wrong image.
-    """
-    return {
-        "v": RECORD_VERSION,
-        "kind": "vl",
-        "image": str(image_fingerprint),
-        "text": str(text),
-        "layers": _layers(layers),
-        "tokens": TokenMode.parse(token_mode, "token_mode").value,
-        "normalization": Normalization.parse(normalization, "normalization").value,
-        "target_std": float(target_std),
-        "outlier_mode": OutlierMode.parse(outlier_mode, "outlier_mode").value,
-        "outlier_threshold": float(outlier_threshold),
-        "outlier_direction": OutlierDirection.parse(outlier_direction, "outlier_direction").value,
-        "image_token_budget": None if image_token_budget is None else int(image_token_budget),
-        "model": str(model_identity),
-        "reference_stats": reference_stats,
-        "dtype": dtype,
-    }
-
-
-def text_cache_record(
-    prompt: str,
-    layer: int,
-    think: bool,
-    model_identity: str,
-    *,
-    max_length: int | None = None,
-    dtype: str | None = None,
-) -> dict[str, Any]:
-    """The record of a Qwen3 text-encoder prompt embedding (``layer`` as in ``StylizeRequest.text_layer``)."""
-    return {
-        "v": RECORD_VERSION,
-        "kind": "text",
-        "prompt": str(prompt),
-        "layer": int(layer),
-        "think": bool(think),
-        "model": str(model_identity),
-        "max_length": None if max_length is None else int(max_length),
-        "dtype": dtype,
-    }
-
-
-def ref_stats_cache_record(
-    *, model_identity: str, layer: int, prompts: Sequence[str], dtype: str | None = None
-) -> dict[str, Any]:
-    """The record of the reference statistics (per-dimension mean/std of the text encoder's hidden states over
-    ``prompts`` at ``layer``) used by per-dimension normalisation and outlier masking."""
-    return {
-        "v": RECORD_VERSION,
-        "kind": "ref_stats",
-        "model": str(model_identity),
-        "layer": int(layer),
-        "prompts": [str(p) for p in prompts],
-        "dtype": dtype,
-    }
 
 
 # --- index ------------------------------------------------------------------------------------------------------
@@ -320,122 +138,6 @@ class MemoryCacheIndex:
         self._rows.clear()
 
 
-# --- files (run in threads) -------------------------------------------------------------------------------------
-
-
-class _Unusable(Exception):
-    """A cache file that cannot be trusted: missing, unreadable, truncated, or not matching its checksum."""
-
-
-def _serialize(tensors: Mapping[str, torch.Tensor], header: dict[str, str]) -> tuple[bytes, str]:
-    import torch
-    from safetensors.torch import save
-
-    if not tensors:
-        raise ValueError("tensors must hold at least one tensor")
-    prepared = {}
-    for name, tensor in tensors.items():
-        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"tensors must map names to torch.Tensor; got {name!r}: {type(tensor).__name__}")
-        prepared[name] = tensor.detach().to("cpu").contiguous().clone()  # clone: no shared storage
-    data = save(prepared, metadata=header)
-    return data, hashlib.sha256(data).hexdigest()
-
-
-def _load(data: bytes) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load
-
-    try:
-        return load(data)
-    except Exception as exc:  # safetensors raises its own error types for truncated or garbled files
-        raise _Unusable(f"not a valid safetensors file ({exc})") from exc
-
-
-def _read_verified(path: Path, checksum: str) -> dict[str, torch.Tensor]:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise _Unusable("file missing") from None
-    except OSError as exc:
-        raise _Unusable(f"unreadable ({exc})") from exc
-    if hashlib.sha256(data).hexdigest() != checksum:
-        raise _Unusable(f"checksum mismatch ({len(data)} bytes)")
-    return _load(data)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(Path(tmp))
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-def _file_size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return None
-
-
-def _scan(root: Path) -> tuple[list[str], list[str]]:
-    """``(entry files, temporary files)`` under ``root``, as paths relative to it."""
-    if not root.is_dir():
-        return [], []
-    files, temps = [], []
-    for path in root.glob("*/*"):
-        rel = path.relative_to(root).as_posix()
-        if path.name.startswith(".") and path.name.endswith(".tmp"):
-            temps.append(rel)
-        elif _FILE_RE.match(path.name):
-            files.append(rel)
-    return sorted(files), sorted(temps)
-
-
-def _adopt(root: Path, rel: str, now: float) -> CacheEntry | None:
-    """An index row for a complete orphan file whose header names its key (``None`` when it is not usable)."""
-    match = _FILE_RE.match(Path(rel).name)
-    try:
-        data = (root / rel).read_bytes()
-        (length,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8 : 8 + length]).get("__metadata__") or {}
-        meta = json.loads(header.get("zvl.meta", "{}"))
-        _load(data)
-    except (OSError, ValueError, AttributeError, struct.error, _Unusable):
-        return None
-    checksum = hashlib.sha256(data).hexdigest()
-    if match is None or header.get("zvl.key") != match.group(1) or not checksum.startswith(match.group(2)):
-        return None
-    return CacheEntry(match.group(1), header.get("zvl.kind", "tensor"), rel, len(data), checksum, meta, now, now)
-
-
 # --- the cache --------------------------------------------------------------------------------------------------
 
 
@@ -466,15 +168,15 @@ class EmbeddingCache:
 
         A file that is missing or does not match its checksum is a miss: the row and the file are dropped.
         """
-        _check_key(key)
+        check_key(key)
         async with self._lock(key):
             entry = await self.index.get(key)
             if entry is None:
                 self.misses += 1
                 return None
             try:
-                tensors = await asyncio.to_thread(_read_verified, self.root / entry.path, entry.checksum)
-            except _Unusable as exc:
+                tensors = await asyncio.to_thread(files.read_verified, self.root / entry.path, entry.checksum)
+            except files.UnusableFile as exc:
                 self.misses += 1
                 await self._drop(entry, str(exc))
                 return None
@@ -489,19 +191,19 @@ class EmbeddingCache:
         to the budget. Nothing is stored when the entry alone exceeds ``max_bytes`` or the file cannot be written
         (disk full, permissions: logged, not raised, since a cache failure must not fail a job).
         """
-        _check_key(key)
+        check_key(key)
         meta_json = json.dumps(dict(meta), sort_keys=True, allow_nan=False)
         header = {"zvl.key": key, "zvl.kind": kind, "zvl.meta": meta_json}
-        data, checksum = await asyncio.to_thread(_serialize, tensors, header)
+        data, checksum = await asyncio.to_thread(files.serialize, tensors, header)
         if len(data) > self.max_bytes:
             log.info("cache entry %s (%d bytes) exceeds the budget of %d bytes; not stored", key[:12], len(data),
                      self.max_bytes)  # fmt: skip
             return
-        rel = f"{key[:2]}/{key}-{checksum[:16]}.safetensors"
+        rel = files.entry_path(key, checksum)
         async with self._lock(key):
             previous = await self.index.get(key)
             try:
-                await asyncio.to_thread(_atomic_write, self.root / rel, data)
+                await asyncio.to_thread(files.write, self.root / rel, data)
             except OSError as exc:
                 log.warning("cache write of %s failed: %s", key[:12], exc)
                 return
@@ -509,7 +211,7 @@ class EmbeddingCache:
             entry = CacheEntry(key, kind, rel, len(data), checksum, json.loads(meta_json), now, now)
             await self.index.upsert(entry)  # only now that the file is durable
             if previous is not None and previous.path != rel:
-                await asyncio.to_thread(_unlink, self.root / previous.path)
+                await asyncio.to_thread(files.unlink, self.root / previous.path)
         await self._evict(keep=key)
 
     async def get_vl(self, key: str) -> VLResult | None:
@@ -543,7 +245,7 @@ class EmbeddingCache:
             if entry is None:
                 return False
             await self.index.delete(key)
-            await asyncio.to_thread(_unlink, self.root / entry.path)
+            await asyncio.to_thread(files.unlink, self.root / entry.path)
             return True
 
     async def stats(self) -> dict[str, int]:
@@ -563,9 +265,9 @@ class EmbeddingCache:
         async with self._evict_lock:
             count = await self.index.count()
             await self.index.clear()
-            files, temps = await asyncio.to_thread(_scan, self.root)
-            for rel in files + temps:
-                await asyncio.to_thread(_unlink, self.root / rel)
+            entry_files, temps = await asyncio.to_thread(files.scan, self.root)
+            for rel in entry_files + temps:
+                await asyncio.to_thread(files.unlink, self.root / rel)
         return count
 
     async def recover(self, *, adopt_orphans: bool = False) -> dict[str, int]:
@@ -582,26 +284,26 @@ class EmbeddingCache:
         async with self._evict_lock:
             indexed: set[str] = set()
             for entry in await self.index.all_entries():
-                if await asyncio.to_thread(_file_size, self.root / entry.path) == entry.bytes:
+                if await asyncio.to_thread(files.file_size, self.root / entry.path) == entry.bytes:
                     indexed.add(entry.path)
                     continue
                 await self._drop(entry, "file missing or of the wrong size at recovery")
                 report["dropped_rows"] += 1
             keys = set(await self.index.all_keys())
-            files, temps = await asyncio.to_thread(_scan, self.root)
+            entry_files, temps = await asyncio.to_thread(files.scan, self.root)
             for rel in temps:
-                await asyncio.to_thread(_unlink, self.root / rel)
+                await asyncio.to_thread(files.unlink, self.root / rel)
                 report["removed_temp"] += 1
-            for rel in files:
+            for rel in entry_files:
                 if rel in indexed:
                     continue
-                adopted = await asyncio.to_thread(_adopt, self.root, rel, self._now()) if adopt_orphans else None
+                adopted = await self._adoptable(rel) if adopt_orphans else None
                 if adopted is not None and adopted.key not in keys:
                     await self.index.upsert(adopted)
                     keys.add(adopted.key)
                     report["adopted"] += 1
                 else:
-                    await asyncio.to_thread(_unlink, self.root / rel)
+                    await asyncio.to_thread(files.unlink, self.root / rel)
                     report["removed_files"] += 1
         await self._evict(keep=None)
         if any(report.values()):
@@ -609,6 +311,14 @@ class EmbeddingCache:
         return report
 
     # --- internals
+
+    async def _adoptable(self, rel: str) -> CacheEntry | None:
+        """An index row for the orphan file ``rel`` when it is complete and names its key, else ``None``."""
+        now = self._now()  # taken before the read, as for every scanned file
+        orphan = await asyncio.to_thread(files.read_orphan, self.root, rel)
+        if orphan is None:
+            return None
+        return CacheEntry(orphan.key, orphan.kind, rel, orphan.bytes, orphan.checksum, orphan.meta, now, now)
 
     def _lock(self, key: str) -> asyncio.Lock:
         lock = self._locks.get(key)
@@ -625,7 +335,7 @@ class EmbeddingCache:
         log.warning("cache entry %s dropped: %s", entry.key[:12], reason)
         self.corrupt += 1
         await self.index.delete(entry.key, checksum=entry.checksum)
-        await asyncio.to_thread(_unlink, self.root / entry.path)
+        await asyncio.to_thread(files.unlink, self.root / entry.path)
 
     async def _evict(self, keep: str | None) -> None:
         async with self._evict_lock:
@@ -635,10 +345,6 @@ class EmbeddingCache:
             for victim in await self.index.lru_victims(excess, keep=keep):
                 async with self._lock(victim.key):
                     if await self.index.delete(victim.key, checksum=victim.checksum):
-                        await asyncio.to_thread(_unlink, self.root / victim.path)
+                        await asyncio.to_thread(files.unlink, self.root / victim.path)
                         self.evictions += 1
 
-
-def _check_key(key: str) -> None:
-    if not isinstance(key, str) or not _KEY_RE.match(key):
-        raise ValueError(f"cache key must be 64 lowercase hex characters (use cache_key()); got {key!r}")

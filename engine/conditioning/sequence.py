@@ -1,8 +1,8 @@
 """Shape and per-dimension tools for ``[L, D]`` embedding sequences: resampling, caption fitting, outlier masking.
 
 These are the functions that change one sequence on its own (its length, or some of its columns); the functions
-that mix two sequences live in :mod:`engine.conditioning.blend`, which re-exports everything public here, so callers use
-``engine.conditioning.blend`` for both. Pure tensor functions: no models, no I/O, no global state.
+that mix two sequences live in :mod:`engine.conditioning.blend`, which imports its checks from here. Pure tensor
+functions: no models, no I/O, no global state.
 
 * :func:`pool_sequence` - anti-aliased (area) average pooling along the sequence axis, to any length.
 * :func:`resample_linear` - 1-D linear resampling (``F.interpolate(mode="linear")`` semantics).
@@ -257,39 +257,40 @@ def mask_outliers(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Find the dimensions of ``emb [L, D]`` whose spread is far from a reference's, and neutralise them.
 
-    Detection: ``ratio_d = std_d / max(reference_std_d, 1e-6)``, with ``std_d`` the unbiased std of column ``d``
-    over the ``L`` positions. With ``t = threshold``, column ``d`` is flagged
+    Detection is :func:`_flag_outliers`; the treatments are :func:`_zero_columns`, :func:`_clamp_columns` and
+    :func:`_scale_columns` (``none``: nothing is detected or changed). Columns not changed are bit-for-bit those of
+    ``emb``; the result is always a new tensor of ``emb``'s dtype.
 
-    * ``high`` (over-dispersed) when ``ratio_d > t``,
-    * ``low`` (under-dispersed) when ``ratio_d < 1/t``,
-
-    and ``direction`` picks which of the two are looked for (``both`` by default). The seed only tested ``> t``,
-    yet the outliers its docs named (dim 396 at 617x, dim 4 at 42x) were reference/VL ratios, i.e.
-    *under*-dispersed VL columns, which its detector could never flag; ``low`` and ``both`` fix that. With a single
-    position no spread can be measured, so nothing is flagged.
-
-    Treatment of flagged columns (``mu_d`` = the column's mean, ``r_d = max(reference_std_d, 1e-6)``):
-
-    * ``zero``: the column becomes 0, or ``reference_mean_d`` when ``reference_mean`` is given (the reference's
-      typical value, which is what a text-encoder embedding holds there). ``reference_mean`` is used by nothing else.
-    * ``clamp``: each value is bounded to the band ``[mu_d - t*r_d, mu_d + t*r_d]``; values inside stay bit-exact.
-      This fixes high outliers by cutting their extreme values. A low outlier already lies well inside its band and
-      clipping cannot widen a column, so ``clamp`` leaves low outliers unchanged (use ``scale`` or ``zero`` for
-      them). The seed's ``clamp`` was a rescale identical to its ``scale``; this one clips instead.
-    * ``scale``: the column is rescaled about its mean, ``mu_d + (x - mu_d) * target / std_d``, so its std sits
-      exactly on the band's edge: ``target = t*r_d`` for high outliers, ``r_d/t`` for low ones. The mean is kept
-      (the seed scaled the mean too). A constant column (std 0) cannot be rescaled and is left as it is.
-    * ``none``: nothing is detected or changed.
-
-    Columns not changed are bit-for-bit those of ``emb``; the result is always a new tensor of ``emb``'s dtype.
-
-    Returns ``(masked, info)`` where ``info`` holds ``masked_dimensions`` (sorted ints: the columns the mode
-    changed), ``ratios`` (``{dim: ratio}`` for those), ``flagged_dimensions`` (every flagged column, including low
-    outliers that ``clamp`` leaves), ``mode``, ``threshold`` and ``direction``.
-
-    Raises ``ValueError`` naming ``emb``, ``reference_std`` (shape must be ``[D]``), ``reference_mean``,
-    ``threshold`` (must be finite and > 1), ``mode`` or ``direction``.
+    Returns ``(masked, info)``; ``info`` holds ``masked_dimensions`` (sorted ints: the columns the mode changed),
+    ``ratios`` (``{dim: ratio}`` for those), ``flagged_dimensions`` (every flagged column, including low outliers
+    that ``clamp`` leaves), ``mode``, ``threshold`` and ``direction``. Raises ``ValueError`` naming ``emb``,
+    ``reference_std`` (shape must be ``[D]``), ``reference_mean``, ``threshold`` (finite, > 1), ``mode`` or
+    ``direction``.
     """
+    emb, ref_std, ref_mean, t = _check_outlier_inputs(emb, reference_std, reference_mean, threshold)
+    how, which = OutlierMode.parse(mode, "mode"), OutlierDirection.parse(direction, "direction")
+    out = emb.clone()
+    info: dict[str, Any] = {"masked_dimensions": [], "ratios": {}, "flagged_dimensions": [], "mode": how.value,
+                            "threshold": t, "direction": which.value}
+    if how is OutlierMode.NONE or emb.shape[0] < 2:
+        return out, info
+    work, ref = emb.to(torch.float64), ref_std.clamp(min=STD_EPS)
+    ratio, high, low = _flag_outliers(work, ref, t, which)
+    info["flagged_dimensions"] = [int(d) for d in torch.nonzero(high | low).flatten().tolist()]
+    if how is OutlierMode.ZERO:
+        changed = _zero_columns(out, high | low, ref_mean)
+    elif how is OutlierMode.CLAMP:
+        changed = _clamp_columns(out, work, high, t * ref)
+    else:  # SCALE
+        changed = _scale_columns(out, work, high, low, ref, t)
+    info["masked_dimensions"] = dims = [int(d) for d in torch.nonzero(changed).flatten().tolist()]
+    info["ratios"] = {d: float(ratio[d]) for d in dims}
+    return out, info
+
+
+def _check_outlier_inputs(emb: Any, reference_std: Any, reference_mean: Any, threshold: Any
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float]:
+    """``(emb, reference_std, reference_mean, threshold)`` checked and converted (references as float64)."""
     emb = check_matrix(emb, "emb")
     width = emb.shape[1]
     ref_std = _check_reference(reference_std, "reference_std", width, emb.device)
@@ -304,57 +305,73 @@ def mask_outliers(
         raise ValueError(f"threshold must be a number greater than 1; got {threshold!r}") from None
     if not math.isfinite(t) or t <= 1.0:
         raise ValueError(f"threshold must be a number greater than 1; got {threshold!r}")
-    how = OutlierMode.parse(mode, "mode")
-    which = OutlierDirection.parse(direction, "direction")
+    return emb, ref_std, ref_mean, t
 
-    out = emb.clone()
-    info: dict[str, Any] = {
-        "masked_dimensions": [],
-        "ratios": {},
-        "flagged_dimensions": [],
-        "mode": how.value,
-        "threshold": t,
-        "direction": which.value,
-    }
-    if how is OutlierMode.NONE or emb.shape[0] < 2:
-        return out, info
 
-    work = emb.to(torch.float64)
-    std = work.std(dim=0)  # unbiased, L >= 2
-    ref = ref_std.clamp(min=STD_EPS)
-    ratio = std / ref
-    none = torch.zeros(width, dtype=torch.bool, device=emb.device)
+def _flag_outliers(work: torch.Tensor, ref: torch.Tensor, t: float, which: OutlierDirection
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(ratio, high, low)`` over the columns of ``work [L >= 2, D]`` (float64).
+
+    ``ratio_d = std_d / max(reference_std_d, 1e-6)`` (``ref`` is already floored), with ``std_d`` the unbiased std
+    of column ``d`` over the ``L`` positions. With ``t = threshold``, column ``d`` is flagged
+
+    * ``high`` (over-dispersed) when ``ratio_d > t``,
+    * ``low`` (under-dispersed) when ``ratio_d < 1/t``,
+
+    and ``which`` picks which of the two are looked for (``both`` by default). The seed only tested ``> t``, yet
+    the outliers its docs named (dim 396 at 617x, dim 4 at 42x) were reference/VL ratios, i.e. *under*-dispersed VL
+    columns, which its detector could never flag; ``low`` and ``both`` fix that. With a single position no spread
+    can be measured, so the caller flags nothing.
+    """
+    ratio = work.std(dim=0) / ref  # unbiased, L >= 2
+    none = torch.zeros(work.shape[1], dtype=torch.bool, device=work.device)
     high = ratio > t if which in (OutlierDirection.BOTH, OutlierDirection.HIGH) else none
     low = ratio < 1.0 / t if which in (OutlierDirection.BOTH, OutlierDirection.LOW) else none
-    flagged = high | low
-    info["flagged_dimensions"] = [int(d) for d in torch.nonzero(flagged).flatten().tolist()]
+    return ratio, high, low
 
-    if how is OutlierMode.ZERO:
-        changed = flagged
-        if bool(changed.any()):
-            fill = torch.zeros(width, dtype=torch.float64, device=emb.device) if ref_mean is None else ref_mean
-            out[:, changed] = fill[changed].to(emb.dtype).expand(emb.shape[0], -1)
-    elif how is OutlierMode.CLAMP:
-        changed = high
-        if bool(changed.any()):
-            cols = work[:, changed]
-            mu = cols.mean(dim=0)
-            half = t * ref[changed]
-            clipped = torch.minimum(torch.maximum(cols, mu - half), mu + half)
-            # write back only values that moved, so values inside the band stay bit-exact
-            moved = clipped != cols
-            block = out[:, changed]
-            block[moved] = clipped[moved].to(emb.dtype)
-            out[:, changed] = block
-    else:  # SCALE
-        changed = flagged & (std > 0)
-        if bool(changed.any()):
-            cols = work[:, changed]
-            mu = cols.mean(dim=0)
-            target = torch.where(high[changed], t * ref[changed], ref[changed] / t)
-            out[:, changed] = (mu + (cols - mu) * (target / std[changed])).to(emb.dtype)
 
-    dims = [int(d) for d in torch.nonzero(changed).flatten().tolist()]
-    info["masked_dimensions"] = dims
-    info["ratios"] = {d: float(ratio[d]) for d in dims}
-    return out, info
+def _zero_columns(out: torch.Tensor, flagged: torch.Tensor, ref_mean: torch.Tensor | None) -> torch.Tensor:
+    """``zero``: each flagged column of ``out`` (in place) becomes 0, or ``reference_mean_d`` when
+    ``reference_mean`` is given (the reference's typical value, which is what a text-encoder embedding holds
+    there; ``reference_mean`` is used by nothing else). Returns the changed columns."""
+    if bool(flagged.any()):
+        width = out.shape[1]
+        fill = torch.zeros(width, dtype=torch.float64, device=out.device) if ref_mean is None else ref_mean
+        out[:, flagged] = fill[flagged].to(out.dtype).expand(out.shape[0], -1)
+    return flagged
+
+
+def _clamp_columns(out: torch.Tensor, work: torch.Tensor, high: torch.Tensor, half_band: torch.Tensor
+                   ) -> torch.Tensor:
+    """``clamp``: each value of a high outlier column is bounded to the band ``[mu_d - t*r_d, mu_d + t*r_d]``
+    (``mu_d`` the column's mean, ``r_d = max(reference_std_d, 1e-6)``; ``half_band = t*r``); values inside stay
+    bit-exact. A low outlier already lies well inside its band and clipping cannot widen a column, so ``clamp``
+    leaves low outliers unchanged (use ``scale`` or ``zero`` for them). The seed's ``clamp`` was a rescale identical
+    to its ``scale``; this one clips instead. Writes into ``out``; returns the changed columns."""
+    if bool(high.any()):
+        cols = work[:, high]
+        mu = cols.mean(dim=0)
+        half = half_band[high]
+        clipped = torch.minimum(torch.maximum(cols, mu - half), mu + half)
+        # write back only values that moved, so values inside the band stay bit-exact
+        moved = clipped != cols
+        block = out[:, high]
+        block[moved] = clipped[moved].to(out.dtype)
+        out[:, high] = block
+    return high
+
+
+def _scale_columns(out: torch.Tensor, work: torch.Tensor, high: torch.Tensor, low: torch.Tensor,
+                   ref: torch.Tensor, t: float) -> torch.Tensor:
+    """``scale``: each flagged column is rescaled about its mean, ``mu_d + (x - mu_d) * target / std_d``, so its
+    std sits exactly on the band's edge: ``target = t*r_d`` for high outliers, ``r_d/t`` for low ones. The mean is
+    kept (the seed scaled the mean too). A constant column (std 0) cannot be rescaled and is left as it is. Writes
+    into ``out``; returns the changed columns."""
+    std = work.std(dim=0)
+    changed = (high | low) & (std > 0)
+    if bool(changed.any()):
+        cols = work[:, changed]
+        mu = cols.mean(dim=0)
+        target = torch.where(high[changed], t * ref[changed], ref[changed] / t)
+        out[:, changed] = (mu + (cols - mu) * (target / std[changed])).to(out.dtype)
+    return changed

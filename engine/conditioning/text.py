@@ -31,7 +31,6 @@ always computed from the encoder in use, never read from a file of unknown origi
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -43,6 +42,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.cache.records import cache_key, ref_stats_cache_record
+from engine.models.identity import model_identity, text_model_identity
 from engine.models.loading import free_memory, model_loading, parse_dtype, read_json, resolve_device
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,26 @@ def _only_first_layers(owner: nn.Module, count: int):
         owner.layers = original
 
 
+@contextmanager
+def _capturing_outputs(owner: nn.Module, positions: dict[int, int], captured: dict[int, torch.Tensor]):
+    """While open, store the output of decoder layer ``positions[layer]`` as ``captured[layer]`` (forward hooks)."""
+
+    def hook_for(layer: int):
+        def hook(_module, _args, output):
+            captured[layer] = output[0] if isinstance(output, (tuple, list)) else output
+
+        return hook
+
+    handles = []
+    try:
+        for layer, position in positions.items():
+            handles.append(owner.layers[position].register_forward_hook(hook_for(layer)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def forward_to_layers(
     owner: nn.Module, layers: Sequence[int], run: Callable[[], Any]
 ) -> tuple[dict[int, torch.Tensor], int]:
@@ -116,22 +137,9 @@ def forward_to_layers(
     raw = [layer for layer in indices if layer != -1]
     count = total if need_final else max(total + layer + 1 for layer in raw)
     captured: dict[int, torch.Tensor] = {}
-    handles = []
-
-    def hook_for(layer: int):
-        def hook(_module, _args, output):
-            captured[layer] = output[0] if isinstance(output, (tuple, list)) else output
-
-        return hook
-
-    try:
-        for layer in raw:
-            handles.append(owner.layers[total + layer].register_forward_hook(hook_for(layer)))
-        with _only_first_layers(owner, count):
-            out = run()
-    finally:
-        for h in handles:
-            h.remove()
+    with _capturing_outputs(owner, {layer: total + layer for layer in raw}, captured), \
+            _only_first_layers(owner, count):
+        out = run()
     if need_final:
         captured[-1] = out.last_hidden_state
     return captured, count
@@ -174,38 +182,6 @@ class ReferenceStats:
                    num_prompts=int(meta["num_prompts"]), num_tokens=int(meta["num_tokens"]),
                    key=str(meta.get("key", "")), global_mean=float(meta.get("global_mean", 0.0)),
                    global_std=float(meta.get("global_std", 0.0)), extra=dict(meta.get("extra", {})))
-
-
-def model_fingerprint(folder: Path) -> str:
-    """A short hash of a model folder's ``config.json`` and weight-file names/sizes (identifies the weights cheaply)."""
-    folder = Path(folder)
-    h = hashlib.sha256()
-    cfg = folder / "config.json"
-    if cfg.is_file():
-        h.update(cfg.read_bytes())
-    for p in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
-        h.update(f"{p.name}:{p.stat().st_size}".encode())
-    return h.hexdigest()[:16]
-
-
-def prompt_set_hash(prompts: Sequence[str] = REFERENCE_PROMPTS) -> str:
-    return hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest()[:12]
-
-
-def text_model_identity(zimage_dir: str | Path) -> str:
-    """The identity of a Z-Image folder's text encoder as the embedding cache records it:
-    :func:`engine.cache.store.model_identity` of ``text_encoder/`` plus a hash of the files of ``tokenizer/`` (both change
-    what the encoder outputs). Reads and hashes the files (tens of ms for Qwen3's tokenizer): memoise it."""
-    from engine.cache.store import model_identity
-
-    root = Path(zimage_dir)
-    digest = hashlib.sha256()
-    tok = root / "tokenizer"
-    for path in sorted(tok.iterdir()) if tok.is_dir() else []:
-        if path.is_file():
-            digest.update(f"{path.name}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
-    return f"{model_identity(root / 'text_encoder')}+tokenizer#{digest.hexdigest()}"
-
 
 
 class TextEncoder:
@@ -303,9 +279,10 @@ class TextEncoder:
             free_memory()
 
     def fingerprint(self) -> str:
-        """Identifies the encoder's weights (folder config + weight sizes; the model's config when built in memory)."""
+        """Identifies the encoder's weights: the ``text_encoder/`` folder's
+        :func:`~engine.models.identity.model_identity`, or a hash of the model's config when built in memory."""
         if self.path is not None:
-            return model_fingerprint(self.path / "text_encoder")
+            return model_identity(self.path / "text_encoder")
         return hashlib.sha256(self._model.config.to_json_string().encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------------------------------ encoding
@@ -363,7 +340,7 @@ class TextEncoder:
 
     # --------------------------------------------------------------------------------------- statistics
     def identity(self) -> str:
-        """:func:`text_model_identity` of the folder (memoised), or the in-memory model's :meth:`fingerprint`."""
+        """:func:`~engine.models.identity.text_model_identity` of the folder (memoised), or the in-memory model's :meth:`fingerprint`."""
         ident = self._identity
         if ident is None:
             ident = text_model_identity(self.path) if self.path is not None else f"in-memory#{self.fingerprint()}"
@@ -371,12 +348,10 @@ class TextEncoder:
         return ident
 
     def stats_key(self, layer: int = -2, prompts: Sequence[str] = REFERENCE_PROMPTS) -> str:
-        """Key of :meth:`reference_stats`: :func:`engine.cache.store.cache_key` of
-        :func:`engine.cache.store.ref_stats_cache_record` over this encoder's :meth:`identity`, the layer, the prompts
+        """Key of :meth:`reference_stats`: :func:`engine.cache.records.cache_key` of
+        :func:`engine.cache.records.ref_stats_cache_record` over this encoder's :meth:`identity`, the layer, the prompts
         and the compute dtype (64 hex characters; the embedding cache stores the statistics under it, and the VL
         cache records of extractions normalised against them name it)."""
-        from engine.cache.store import cache_key, ref_stats_cache_record
-
         return cache_key(ref_stats_cache_record(model_identity=self.identity(), layer=int(layer),
                                                 prompts=list(prompts), dtype=str(self.dtype)))
 

@@ -21,7 +21,7 @@ What :meth:`VLExtractor.extract` does, in the seed's order (seed-behaviour §1.5
    request (``[LayerWeight(-6, 2), LayerWeight(-8, 1)]``) is one forward up to the deepest requested layer and a
    weighted mean (weights normalised to sum to 1).
 4. **Outlier masking** (optional) on the raw image-token rows (markers excluded), before token selection, with
-   :func:`engine.conditioning.blend.mask_outliers` against the text encoder's per-dimension std (``reference_stats``, computed
+   :func:`engine.conditioning.sequence.mask_outliers` against the text encoder's per-dimension std (``reference_stats``, computed
    from the configured text encoder by :meth:`engine.conditioning.text.TextEncoder.reference_stats`). ``direction`` defaults to
    ``both``: the seed only tested over-dispersion, while the outliers it documented were under-dispersed.
    ``zero`` sets a column to 0 as the seed did (the reference mean is not substituted).
@@ -62,184 +62,25 @@ from engine.models.loading import (
     resolve_device,
 )
 from engine.conditioning.text import forward_to_layers
+from engine.conditioning.tokens import (
+    ExtractOptions,
+    budget_grid,
+    check_reference_stats,
+    extract_options,
+    layers_record,
+    normalize,
+    processor_grid,
+    select_positions,
+    std_all,
+)
 from engine.types import LayerWeight, Normalization, OutlierDirection, OutlierMode, PositionKind, TokenMode, VLResult
 
 log = logging.getLogger(__name__)
 
-#: Pixels per VL token side: 16 px patches merged 2x2.
-DEFAULT_TOKEN_PIXELS = 32
-#: Per-dimension z-scores are clipped at this many standard deviations (``per_dim`` / ``hybrid``).
-PER_DIM_CLIP = 3.0
-_EPS = 1e-6
 
 #: Placeholder tokens that are not "ordinary text" even if a tokenizer does not flag them special.
 _MARKER_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
                   "<|video_pad|>", "<|endoftext|>")
-
-
-# ------------------------------------------------------------------------------------------------ layer specs
-def parse_layers(hidden_layer: Any, num_layers: int, name: str = "hidden_layer") -> list[tuple[int, float]]:
-    """Normalise ``hidden_layer`` to ``[(layer, weight), ...]`` with weights summing to 1.
-
-    Accepts an int (``-6``), a :class:`LayerWeight`, or a sequence of LayerWeight / ``(layer, weight)`` pairs /
-    ints (weight 1). Layers count from the end: ``-1`` .. ``-num_layers``. Repeated layers have their weights added.
-    Raises ``ValueError`` naming ``name`` and the valid range.
-    """
-    valid = f"between -{num_layers} and -1"
-
-    def one_layer(value: Any) -> int:
-        if isinstance(value, bool):
-            raise ValueError(f"{name} must be an integer {valid}; got {value!r}")
-        try:
-            as_int = int(value)
-            if as_int != value:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be an integer {valid}; got {value!r}") from None
-        if not -num_layers <= as_int <= -1:
-            raise ValueError(f"{name} must be {valid} (counted from the last layer; the model has "
-                             f"{num_layers} layers); got {as_int}")
-        return as_int
-
-    if isinstance(hidden_layer, LayerWeight):
-        items: list[Any] = [hidden_layer]
-    elif isinstance(hidden_layer, (list, tuple)):
-        if len(hidden_layer) == 0:
-            raise ValueError(f"{name} must name at least one layer; got an empty list")
-        if len(hidden_layer) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                          for v in hidden_layer) and isinstance(hidden_layer[1], float):
-            items = [tuple(hidden_layer)]  # a bare (layer, weight) pair
-        else:
-            items = list(hidden_layer)
-    else:
-        return [(one_layer(hidden_layer), 1.0)]
-    weights: dict[int, float] = {}
-    for item in items:
-        if isinstance(item, LayerWeight):
-            layer, weight = item.layer, item.weight
-        elif isinstance(item, (list, tuple)) and len(item) == 2:
-            layer, weight = item
-        else:
-            layer, weight = item, 1.0
-        layer = one_layer(layer)
-        try:
-            weight = float(weight)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} weights must be numbers >= 0; got {weight!r}") from None
-        if not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"{name} weights must be numbers >= 0; got {weight!r}")
-        weights[layer] = weights.get(layer, 0.0) + weight
-    total = sum(weights.values())
-    if total <= 0:
-        raise ValueError(f"{name} weights must not all be 0")
-    return [(layer, w / total) for layer, w in sorted(weights.items(), reverse=True)]
-
-
-def layers_record(layers: list[tuple[int, float]]) -> int | list[list[float]]:
-    """JSON-safe form: a single layer as its int, a mix as ``[[layer, weight], ...]``."""
-    if len(layers) == 1:
-        return int(layers[0][0])
-    return [[int(layer), float(w)] for layer, w in layers]
-
-
-# ------------------------------------------------------------------------------------------------ image budget
-def processor_grid(width: int, height: int, *, factor: int = DEFAULT_TOKEN_PIXELS, min_pixels: int | None = None,
-                   max_pixels: int | None = None) -> tuple[int, int]:
-    """The token grid ``(columns, rows)`` the Qwen2/3-VL processor gives a ``width x height`` image.
-
-    The processor rounds each side to the nearest multiple of ``factor`` (32 px per token) and then scales into
-    ``[min_pixels, max_pixels]`` (floor when too big, ceil when too small), keeping the aspect ratio.
-    """
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
-    if max_pixels and h_bar * w_bar > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif min_pixels and h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return w_bar // factor, h_bar // factor
-
-
-def budget_grid(width: int, height: int, max_tokens: int) -> tuple[int, int]:
-    """The ``(columns, rows)`` grid with ``columns * rows <= max_tokens`` closest to the image's aspect ratio.
-
-    Starts from the exact scale ``sqrt(max_tokens / (W/32 · H/32))`` and picks, among the floor/ceil grids that fit,
-    the one whose aspect ratio is closest to the image's (ties → more tokens).
-    """
-    aspect = width / height
-    scale = math.sqrt(max_tokens / ((width / DEFAULT_TOKEN_PIXELS) * (height / DEFAULT_TOKEN_PIXELS)))
-    cols, rows = width / DEFAULT_TOKEN_PIXELS * scale, height / DEFAULT_TOKEN_PIXELS * scale
-    best: tuple[float, int, int, int] | None = None
-    for c in {max(1, math.floor(cols)), max(1, math.ceil(cols)), max(1, math.floor(cols) - 1)}:
-        for r in {max(1, math.floor(rows)), max(1, math.ceil(rows)), max(1, math.floor(rows) - 1)}:
-            if c * r > max_tokens:
-                continue
-            err = abs(math.log((c / r) / aspect))
-            key = (round(err, 9), -(c * r), c, r)
-            if best is None or key < best:
-                best = key
-    if best is None:  # max_tokens >= 1 always admits 1x1
-        return 1, 1
-    return best[2], best[3]
-
-
-# ------------------------------------------------------------------------------------------------ normalisation
-def normalize(x: torch.Tensor, mode: Normalization, target_std: float, reference_stats: Any = None
-              ) -> tuple[torch.Tensor, float]:
-    """Rescale ``x [L, D]`` (float32) by ``mode``; returns ``(result, scale_factor)``.
-
-    ``scale_factor`` is the multiplier for ``global``; for ``per_dim``/``hybrid`` (no single multiplier exists) it
-    is the ratio of the result's std to the input's, as an effective factor.
-    """
-    orig = _std_all(x)
-    if mode is Normalization.NONE:
-        return x, 1.0
-
-    def global_scaled() -> tuple[torch.Tensor, float]:
-        if orig <= 0:
-            return x.clone(), 1.0
-        factor = float(target_std) / orig
-        return x * factor, factor
-
-    def per_dim_scaled() -> torch.Tensor:
-        ref_mean = reference_stats.mean.to(torch.float32).reshape(-1)
-        ref_std = reference_stats.std.to(torch.float32).reshape(-1)
-        mean = x.mean(dim=0, keepdim=True)
-        if x.shape[0] >= 2:
-            std = x.std(dim=0, keepdim=True).clamp(min=_EPS)
-            z = ((x - mean) / std).clamp(-PER_DIM_CLIP, PER_DIM_CLIP)
-        else:
-            z = torch.zeros_like(x)
-        return z * ref_std + ref_mean
-
-    if mode is Normalization.GLOBAL:
-        return global_scaled()
-    if mode is Normalization.PER_DIM:
-        out = per_dim_scaled()
-    else:  # HYBRID
-        out = 0.5 * per_dim_scaled() + 0.5 * global_scaled()[0]
-    return out, (_std_all(out) / orig if orig > 0 else 1.0)
-
-
-def _std_all(x: torch.Tensor) -> float:
-    """Unbiased std over all elements (0 for a single element)."""
-    if x.numel() < 2:
-        return 0.0
-    return float(x.std())
-
-
-def _check_reference_stats(reference_stats: Any, width: int) -> None:
-    mean = getattr(reference_stats, "mean", None)
-    std = getattr(reference_stats, "std", None)
-    if not isinstance(mean, torch.Tensor) or not isinstance(std, torch.Tensor):
-        raise ValueError("reference_stats must have .mean and .std tensors of shape [D] "
-                         "(engine.conditioning.text.TextEncoder.reference_stats())")
-    if mean.numel() != width or std.numel() != width:
-        raise ValueError(f"reference_stats must have {width} dimensions (the VL hidden size); "
-                         f"got mean {tuple(mean.shape)} and std {tuple(std.shape)}")
 
 
 @dataclass
@@ -424,140 +265,78 @@ class VLExtractor:
         return _Forward(hidden=mixed.cpu(), ids=ids, image_size=img.size,
                         grid=(int(thw[2]) // merge, int(thw[1]) // merge), layers_run=count)
 
-    def extract(
-        self,
-        image: Image.Image,
-        text: str | None = None,
-        *,
-        hidden_layer: int | LayerWeight | Sequence[Any] = -6,
-        tokens: TokenMode | str = TokenMode.FULL,
-        scale_to_text: bool = True,
-        normalization: Normalization | str = Normalization.GLOBAL,
-        target_std: float = 61.0,
-        outlier_mode: OutlierMode | str = OutlierMode.NONE,
-        outlier_threshold: float = 10.0,
-        outlier_direction: OutlierDirection | str = OutlierDirection.BOTH,
-        reference_stats: Any = None,
-        max_image_tokens: int | None = None,
-    ) -> VLResult:
-        """Extract ``[L, D]`` float32 CPU embeddings of ``image`` (+ ``text``); see the module docstring for the order.
-
-        ``reference_stats`` (an object with ``[D]`` tensors ``.mean``/``.std``, e.g. ``TextEncoder.reference_stats()``)
-        is required by ``outlier_mode != none`` and by ``normalization`` ``per_dim``/``hybrid``.
-        ``max_image_tokens`` overrides the extractor's budget for this call.
-        Raises ``ValueError`` naming the parameter for every bad value.
-        """
-        layers = parse_layers(hidden_layer, self.num_layers, "hidden_layer")
-        token_mode = TokenMode.parse(tokens, "tokens")
-        norm = Normalization.parse(normalization, "normalization")
-        if not scale_to_text:
-            norm = Normalization.NONE
-        out_mode = OutlierMode.parse(outlier_mode, "outlier_mode")
-        out_dir = OutlierDirection.parse(outlier_direction, "outlier_direction")
-        try:
-            target = float(target_std)
-        except (TypeError, ValueError):
-            raise ValueError(f"target_std must be a positive number; got {target_std!r}") from None
-        if not math.isfinite(target) or target <= 0:
-            raise ValueError(f"target_std must be a positive number; got {target_std!r}")
-        try:
-            threshold = float(outlier_threshold)
-        except (TypeError, ValueError):
-            raise ValueError(f"outlier_threshold must be a number greater than 1; got {outlier_threshold!r}") from None
-        if not math.isfinite(threshold) or threshold <= 1:
-            raise ValueError(f"outlier_threshold must be a number greater than 1; got {outlier_threshold!r}")
-        if out_mode is not OutlierMode.NONE and reference_stats is None:
-            raise ValueError(f"reference_stats is required for outlier_mode {out_mode.value} "
-                             "(per-dimension std of the text encoder; TextEncoder.reference_stats())")
-        if norm in (Normalization.PER_DIM, Normalization.HYBRID) and reference_stats is None:
-            raise ValueError(f"reference_stats is required for normalization {norm.value} "
-                             "(per-dimension mean/std of the text encoder; TextEncoder.reference_stats())")
-        if reference_stats is not None:
-            _check_reference_stats(reference_stats, self.hidden_size)
-        if not isinstance(image, Image.Image):
-            raise ValueError(f"image must be a PIL image; got {type(image).__name__}")
-        budget = self.max_image_tokens if max_image_tokens is None else self._check_budget(max_image_tokens)
-
-        try:
-            fwd = self._forward(image, text, layers, budget)
+    def extract(self, image: Image.Image, text: str | None = None, *,
+                hidden_layer: int | LayerWeight | Sequence[Any] = -6, tokens: TokenMode | str = TokenMode.FULL,
+                scale_to_text: bool = True, normalization: Normalization | str = Normalization.GLOBAL,
+                target_std: float = 61.0, outlier_mode: OutlierMode | str = OutlierMode.NONE,
+                outlier_threshold: float = 10.0, outlier_direction: OutlierDirection | str = OutlierDirection.BOTH,
+                reference_stats: Any = None, max_image_tokens: int | None = None) -> VLResult:
+        """``[L, D]`` float32 CPU embeddings of ``image`` (+ ``text``), in the module docstring's order; ``ValueError``
+        naming the parameter for every bad value. ``reference_stats`` (``[D]`` ``.mean``/``.std``, e.g.
+        ``TextEncoder.reference_stats()``) is needed by outlier masking and ``per_dim``/``hybrid``; ``max_image_tokens``
+        overrides the extractor's budget for this call."""
+        options = extract_options(
+            hidden_layer=hidden_layer, num_layers=self.num_layers, tokens=tokens, normalization=normalization,
+            scale_to_text=scale_to_text, target_std=target_std, outlier_mode=outlier_mode,
+            outlier_threshold=outlier_threshold, outlier_direction=outlier_direction,
+            has_stats=reference_stats is not None)
+        budget = self._check_call(image, reference_stats, max_image_tokens)
+        try:  # 1. the forward pass, stopped at the deepest requested layer
+            fwd = self._forward(image, text, options.layers, budget)
         finally:
             if self.auto_unload:
                 self.unload()
-        hidden = fwd.hidden
-        ids = fwd.ids
-        image_id = self._image_token_id()
-        markers = self._marker_ids()
+        kinds, start, end = self._positions(fwd.ids)
+        hidden, masked = _mask_image_rows(fwd.hidden, start, end, options, reference_stats)  # 2. masking
+        keep, span = select_positions(options.tokens, len(fwd.ids), start, end)  # 3. token selection
+        selected = hidden[keep]
+        out, factor = normalize(selected, options.normalization, options.target_std, reference_stats)  # 4.
+        out = out.to(torch.float32).contiguous()
+        settings = self._settings_record(options, reference_stats, budget, image, fwd, text,
+                                         n_image=sum(k == PositionKind.IMAGE.value for k in kinds))
+        return VLResult(embeddings=out, kinds=[kinds[p] for p in keep], image_span=span,
+                        original_std=std_all(selected), scaled_std=std_all(out), scale_factor=float(factor),
+                        masked_dimensions=masked[0], masked_ratios=masked[1], settings=settings)
+
+    def _check_call(self, image: Any, reference_stats: Any, max_image_tokens: int | None) -> int:
+        """Check the image and statistics of one call; returns its image-token budget."""
+        if reference_stats is not None:
+            check_reference_stats(reference_stats, self.hidden_size)
+        if not isinstance(image, Image.Image):
+            raise ValueError(f"image must be a PIL image; got {type(image).__name__}")
+        return self.max_image_tokens if max_image_tokens is None else self._check_budget(max_image_tokens)
+
+    def _positions(self, ids: list[int]) -> tuple[list[str], int | None, int | None]:
+        """Each position's kind, and the ``<|vision_start|>`` / ``<|vision_end|>`` marker positions (``None``
+        without image tokens)."""
+        image_id, markers = self._image_token_id(), self._marker_ids()
         kinds = [PositionKind.IMAGE.value if i == image_id else
                  PositionKind.MARKER.value if i in markers else PositionKind.TEXT.value for i in ids]
         image_pos = [p for p, i in enumerate(ids) if i == image_id]
-        n_image = len(image_pos)
-        start = image_pos[0] - 1 if image_pos else None  # <|vision_start|>
-        end = image_pos[-1] + 1 if image_pos else None  # <|vision_end|>
-        if image_pos and (start < 0 or end >= len(ids) or kinds[start] != PositionKind.MARKER.value
-                          or kinds[end] != PositionKind.MARKER.value):
+        if not image_pos:
+            return kinds, None, None
+        start, end = image_pos[0] - 1, image_pos[-1] + 1
+        if start < 0 or end >= len(ids) or kinds[start] != PositionKind.MARKER.value \
+                or kinds[end] != PositionKind.MARKER.value:
             raise RuntimeError("the Qwen3-VL input has image tokens without <|vision_start|>/<|vision_end|> "
                                "around them")
+        return kinds, start, end
 
-        # 1. outlier masking on the raw image rows
-        masked_dims: list[int] = []
-        masked_ratios: dict[int, float] = {}
-        if out_mode is not OutlierMode.NONE and n_image:
-            rows = hidden[start + 1:end]
-            fixed, info = mask_outliers(rows, reference_stats.std.to(torch.float32).reshape(-1), threshold,
-                                        out_mode, out_dir)
-            hidden = hidden.clone()
-            hidden[start + 1:end] = fixed
-            masked_dims = [int(d) for d in info["masked_dimensions"]]
-            masked_ratios = {int(k): float(v) for k, v in info["ratios"].items()}
-
-        # 2. token selection
-        if token_mode is TokenMode.FULL or not n_image:
-            keep = list(range(len(ids)))
-            span = (start + 1, end) if n_image else None
-        elif token_mode is TokenMode.TEXT:
-            keep = list(range(0, start)) + list(range(end + 1, len(ids)))
-            span = None
-        elif token_mode is TokenMode.IMAGE:
-            keep = list(range(start, end + 1))
-            span = (1, 1 + n_image)
-        else:  # IMAGE_NO_MARKERS
-            keep = list(range(start + 1, end))
-            span = (0, n_image)
-        selected = hidden[keep]
-        sel_kinds = [kinds[p] for p in keep]
-
-        # 3. normalisation
-        original_std = _std_all(selected)
-        out, factor = normalize(selected, norm, target, reference_stats)
-        out = out.to(torch.float32).contiguous()
-
-        settings = {
-            "hidden_layer": layers_record(layers),
-            "tokens": token_mode.value,
-            "normalization": norm.value,
-            "scale_to_text": bool(scale_to_text),
-            "target_std": target,
-            "outlier_mode": out_mode.value,
-            "outlier_threshold": threshold,
-            "outlier_direction": out_dir.value,
+    def _settings_record(self, options: ExtractOptions, reference_stats: Any, budget: int, image: Image.Image,
+                         fwd: Any, text: str | None, *, n_image: int) -> dict[str, Any]:
+        """What the extraction was, for ``VLResult.settings`` (result parameters, cache records)."""
+        return {
+            "hidden_layer": layers_record(options.layers), "tokens": options.tokens.value,
+            "normalization": options.normalization.value,
+            "scale_to_text": options.scale_to_text,
+            "target_std": options.target_std, "outlier_mode": options.outlier_mode.value,
+            "outlier_threshold": options.outlier_threshold, "outlier_direction": options.outlier_direction.value,
             "reference_stats": getattr(reference_stats, "key", None) if reference_stats is not None else None,
-            "max_image_tokens": budget,
-            "original_size": list(image.size),
-            "image_size": list(fwd.image_size),
-            "image_grid": list(fwd.grid),
-            "image_tokens": n_image,
-            "vl_text": text if text else None,
-            "layers_run": fwd.layers_run,
-            "num_layers": self.num_layers,
-            "model": self.path.name,
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "device": str(self.device),
+            "max_image_tokens": budget, "original_size": list(image.size), "image_size": list(fwd.image_size),
+            "image_grid": list(fwd.grid), "image_tokens": n_image, "vl_text": text if text else None,
+            "layers_run": fwd.layers_run, "num_layers": self.num_layers, "model": self.path.name,
+            "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
         }
-        return VLResult(
-            embeddings=out, kinds=sel_kinds, image_span=span, original_std=original_std,
-            scaled_std=_std_all(out), scale_factor=float(factor), masked_dimensions=masked_dims,
-            masked_ratios=masked_ratios, settings=settings,
-        )
 
     def _image_token_id(self) -> int:
         cfg_id = None
@@ -570,3 +349,16 @@ class VLExtractor:
         if cfg_id is None:
             cfg_id = self.processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
         return int(cfg_id)
+
+
+def _mask_image_rows(hidden: torch.Tensor, start: int | None, end: int | None, options: ExtractOptions,
+                     reference_stats: Any) -> tuple[torch.Tensor, tuple[list[int], dict[int, float]]]:
+    """Outlier masking on the raw image rows (before selection and normalisation, as the seed did); returns the
+    hidden states and ``(masked dimensions, their ratios)``."""
+    if options.outlier_mode is OutlierMode.NONE or start is None or end - start <= 1:
+        return hidden, ([], {})
+    fixed, info = mask_outliers(hidden[start + 1:end], reference_stats.std.to(torch.float32).reshape(-1),
+                                options.outlier_threshold, options.outlier_mode, options.outlier_direction)
+    hidden = hidden.clone()
+    hidden[start + 1:end] = fixed
+    return hidden, ([int(d) for d in info["masked_dimensions"]], {int(k): float(v) for k, v in info["ratios"].items()})

@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image
 
 from engine.conditioning.text import check_layer
-from engine.conditioning.vision import parse_layers
+from engine.conditioning.tokens import parse_layers
 from engine.limits import LIMITS
 from engine.media.images import check_reference_shape
 from engine.types import BlendMode, FitMode, Normalization, OutlierDirection, OutlierMode, StylizeRequest, TokenMode

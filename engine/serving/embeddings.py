@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from engine.cache.keys import is_cache_key
+from engine.cache.records import is_cache_key
 from engine.conditioning.text import ReferenceStats
 from engine.serving.protocols import EmbeddingStore
 

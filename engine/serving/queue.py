@@ -254,8 +254,3 @@ class FairQueue:
     async def snapshot(self) -> list[Job]:
         return self.order()
 
-
-#: Request fields that change what Qwen3-VL extraction returns (cells differing elsewhere share one extraction).
-#: Kept for ``engine.cache.keys.default_vl_key`` until the cache keys use ``StylizeRequest.vl_identity`` alone.
-VL_FIELDS = ("hidden_layer", "tokens", "normalization", "target_std", "outlier_mode", "outlier_threshold",
-             "outlier_direction")

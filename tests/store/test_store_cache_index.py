@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from bot.store import SqliteCacheIndex, Store
-from engine.cache.store import CacheEntry, EmbeddingCache, MemoryCacheIndex, cache_key
+from engine.cache.records import cache_key
+from engine.cache.store import CacheEntry, EmbeddingCache, MemoryCacheIndex
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""engine.cache.store: keys, fingerprints, atomic files, LRU budget, corruption and crash recovery (MemoryCacheIndex)."""
+"""engine.cache.{records,files,store} and engine.models.identity: keys, fingerprints, atomic files, LRU budget,
+corruption and crash recovery (MemoryCacheIndex)."""
 
 from __future__ import annotations
 
@@ -12,18 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-import engine.cache.store as cache_mod
-from engine.cache.store import (
-    EmbeddingCache,
-    MemoryCacheIndex,
-    cache_key,
-    canonical_json,
-    image_fingerprint,
-    model_identity,
-    ref_stats_cache_record,
-    text_cache_record,
-    vl_cache_record,
-)
+import engine.cache.files as files_mod
+from engine.cache.records import cache_key, canonical_json, ref_stats_cache_record, text_cache_record, vl_cache_record
+from engine.cache.store import CacheEntry, EmbeddingCache, MemoryCacheIndex
+from engine.models.identity import image_fingerprint, model_identity
 from engine.types import BlendMode, LayerWeight, TokenMode, VLResult
 
 BASE_VL = dict(
@@ -244,7 +237,7 @@ async def test_miss_and_bad_keys(cache: EmbeddingCache) -> None:
 async def test_file_io_runs_off_the_event_loop(cache: EmbeddingCache, monkeypatch: pytest.MonkeyPatch) -> None:
     """Writing and reading files happen in worker threads, not on the loop's thread."""
     seen: list[str] = []
-    real_write, real_read = cache_mod._atomic_write, cache_mod._read_verified
+    real_write, real_read = files_mod.write, files_mod.read_verified
 
     def write(*args: object) -> None:
         seen.append(threading.current_thread().name)
@@ -254,8 +247,8 @@ async def test_file_io_runs_off_the_event_loop(cache: EmbeddingCache, monkeypatc
         seen.append(threading.current_thread().name)
         return real_read(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(cache_mod, "_atomic_write", write)
-    monkeypatch.setattr(cache_mod, "_read_verified", read)
+    monkeypatch.setattr(files_mod, "write", write)
+    monkeypatch.setattr(files_mod, "read_verified", read)
     await cache.put(key_of(1), tensors(1), {})
     await cache.get(key_of(1))
     assert len(seen) == 2 and threading.main_thread().name not in seen
@@ -357,7 +350,7 @@ async def test_concurrent_writers_across_processes(tmp_path: Path) -> None:
 class _KilledIndex(MemoryCacheIndex):
     """Raises on upsert: the process 'dies' after the file is written and before the row is."""
 
-    async def upsert(self, entry: cache_mod.CacheEntry) -> None:
+    async def upsert(self, entry: CacheEntry) -> None:
         raise RuntimeError("killed")
 
 
@@ -437,7 +430,7 @@ async def test_write_failure_is_logged_not_raised(cache: EmbeddingCache, monkeyp
     def disk_full(path: Path, data: bytes) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cache_mod, "_atomic_write", disk_full)
+    monkeypatch.setattr(files_mod, "write", disk_full)
     await cache.put(key_of(1), tensors(1), {})
     assert (await cache.stats())["entries"] == 0
 

@@ -12,7 +12,8 @@ from PIL import Image
 from engine.conditioning.text import ReferenceStats, TextEncoder
 from engine.models.tiny import TINY_HIDDEN, TINY_VL_LAYERS
 from engine.types import LayerWeight, PositionKind, VLResult
-from engine.conditioning.vision import VLExtractor, budget_grid, parse_layers, processor_grid
+from engine.conditioning.tokens import budget_grid, parse_layers, processor_grid
+from engine.conditioning.vision import VLExtractor
 
 PROMPT = "Homer Simpson"
 

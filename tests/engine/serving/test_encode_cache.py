@@ -132,7 +132,8 @@ async def test_reference_statistics_are_fetched_before_an_extraction_and_stored(
     """The encode stage asks the pipeline which statistics an extraction needs, serves them from the cache (seeding
     the pipeline) or has the pipeline compute them and stores them; a key the cache refuses, or a failing cache,
     means computing."""
-    from engine.cache.store import MemoryCacheIndex, cache_key, ref_stats_cache_record
+    from engine.cache.records import cache_key, ref_stats_cache_record
+    from engine.cache.store import MemoryCacheIndex
 
     key = cache_key(ref_stats_cache_record(model_identity="m", layer=-2, prompts=["a"], dtype="float32"))
     index = MemoryCacheIndex()
