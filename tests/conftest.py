@@ -50,3 +50,14 @@ def vl_with_real_minimum(tiny_models: TinyModels, tmp_path_factory: pytest.TempP
     config["image_processor"]["size"] = {"shortest_edge": 65536, "longest_edge": 16777216}
     config_path.write_text(json.dumps(config, indent=2))
     return folder
+
+
+@pytest.fixture
+def settings_sandbox(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Settings read in isolation: no ZVL_ variable from the machine leaks in, .env is looked up in an empty folder
+    (the current directory), and the default data folder is under ``tmp_path``."""
+    for key in [k for k in os.environ if k.startswith("ZVL_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    return tmp_path

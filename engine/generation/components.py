@@ -23,10 +23,10 @@ import torch
 from engine.conditioning.text import MAX_SEQUENCE_LENGTH, ReferenceStats, TextEncoder, check_layer
 from engine.conditioning.vision import VLExtractor
 from engine.generation.zimage import Generator
+from engine.config import parse_device
 from engine.models.loading import (
     check_vl_folder,
     check_zimage_folder,
-    parse_device,
     parse_dtype,
     read_json,
     resolve_dit_device,

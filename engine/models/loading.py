@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import Qwen3VLProcessor
 
-from engine.config import parse_device  # noqa: F401  (re-exported: the one device-string parser)
+from engine.config import parse_device
 
 log = logging.getLogger(__name__)
 

@@ -13,16 +13,7 @@ from engine.config import EngineSettings, SettingsError
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    """No ZVL_ variable from the machine leaks in, and .env is looked up in an empty folder."""
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("ZVL_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+pytestmark = pytest.mark.usefixtures("settings_sandbox")
 
 
 def test_the_discord_settings_live_in_the_bot_and_the_engine_ones_are_shared():

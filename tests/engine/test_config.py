@@ -31,16 +31,7 @@ default_alpha = 0.5
 """
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    """No ZVL_ variable from the machine leaks in, and .env is looked up in an empty folder."""
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("ZVL_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+pytestmark = pytest.mark.usefixtures("settings_sandbox")
 
 
 @pytest.fixture
