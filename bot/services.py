@@ -25,7 +25,7 @@ from bot.references import ReferenceStore
 from bot.retention import Retention
 from bot.store import Store
 from engine.cache.store import EmbeddingCache
-from engine.serving.protocols import WorkerConfig
+from engine.serving.protocols import JobEngine, WorkerConfig
 from engine.serving.worker import EngineWorker
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,7 +59,7 @@ class Services:
     settings: BotSettings
     store: Store
     cache: EmbeddingCache
-    worker: EngineWorker
+    worker: JobEngine  #: the in-process EngineWorker; the bot uses nothing beyond the protocol
     references: ReferenceStore
     notifier: Notifier
     jobs: JobService

@@ -51,6 +51,7 @@ class FakePipeline:
         self.aborted: list[str] = []
         self.requests: list[StylizeRequest] = []
         self.threads: dict[str, set[str]] = {"vl": set(), "dit": set()}
+        self.negatives_made: set[tuple[int, bool]] = set()
         self.stats_computed: list[str] = []
         self.seeded: dict[str, ReferenceStats] = {}
         self._lock = threading.Lock()
@@ -120,8 +121,13 @@ class FakePipeline:
         self._rec("text", request.prompt)
         return torch.zeros(3, 8)
 
+    def has_negative(self, request: StylizeRequest) -> bool:
+        """Whether CFG's negative for the request was made already (memoised, as the pipeline does)."""
+        return (request.text_layer, request.think) in self.negatives_made
+
     def negative_embedding(self, request: StylizeRequest) -> torch.Tensor:
         """CFG's negative."""
+        self.negatives_made.add((request.text_layer, request.think))
         return torch.zeros(2, 8)
 
     def generate(self, request: StylizeRequest, vl: Any, text_emb: Any = None, *, neutral: Any = None,

@@ -32,7 +32,7 @@ from engine.serving.events import EventKind, ProgressEvent, throttle
 from engine.serving.queue import Job, JobOutcome, JobStatus
 
 if TYPE_CHECKING:  # pragma: no cover
-    from engine.serving.worker import EngineWorker
+    from engine.serving.protocols import JobEngine
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,13 @@ class Delivery:
 
 
 class Notifier:
-    """Follows jobs of an :class:`~engine.serving.worker.EngineWorker` and keeps their Discord messages up to date.
+    """Follows jobs of an :class:`~engine.serving.protocols.JobEngine` and keeps their Discord messages up to date.
 
     ``render(job, outcome, limit)`` builds the final message (``bot.jobs.render_result``); ``now`` is the wall
     clock used for token age, ``clock`` the monotonic clock of the edit throttle (both replaceable in tests).
     """
 
-    def __init__(self, bot: discord.Client, worker: EngineWorker, render: Callable[..., Any], *,
+    def __init__(self, bot: discord.Client, worker: JobEngine, render: Callable[..., Any], *,
                  interval: float = 2.0, clock: Callable[[], float] = time.monotonic,
                  now: Callable[[], datetime] = _utcnow, retry_delays: tuple[float, ...] = RETRY_DELAYS) -> None:
         self.bot, self.worker, self.render = bot, worker, render

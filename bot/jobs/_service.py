@@ -53,7 +53,7 @@ from engine.sweep.plan import SweepPlan, plan_sweep
 from engine.types import StylizeRequest, alpha_to_style_weight
 
 if TYPE_CHECKING:  # pragma: no cover
-    from engine.serving.worker import EngineWorker
+    from engine.serving.protocols import JobEngine
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class SqliteRecorder:
 class JobService:
     """Starts, records, restores and acts on jobs (see the module docstring)."""
 
-    def __init__(self, settings: Any, store: Store, worker: EngineWorker, references: ReferenceStore,
+    def __init__(self, settings: Any, store: Store, worker: JobEngine, references: ReferenceStore,
                  notifier: Notifier, cooldowns: Cooldowns) -> None:
         self.settings, self.store, self.worker = settings, store, worker
         self.references, self.notifier, self.cooldowns = references, notifier, cooldowns

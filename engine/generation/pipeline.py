@@ -103,8 +103,16 @@ class StylePipeline:
         self.models.load(component)
 
     def unload(self, component: str = "all") -> None:
-        """Free ``vl`` | ``text`` | ``dit`` | ``all``; each reloads lazily when next needed."""
+        """Free ``vl`` | ``text`` | ``dit`` | ``all``; each reloads lazily when next needed.
+
+        The memos made with a model go with it: a reload may bring new weights into the same folder.
+        """
         self.models.unload(component)
+        with self._lock:
+            if component in ("text", "all"):
+                self._negatives.clear()
+            if component in ("vl", "all"):
+                self._neutrals.clear()
 
     def loaded_components(self) -> dict[str, str]:
         """``{component: device}`` for the components whose weights are in memory now."""
@@ -182,6 +190,11 @@ class StylePipeline:
             while len(self._neutrals) > NEUTRALS_KEPT:
                 self._neutrals.popitem(last=False)
         return result
+
+    def has_negative(self, request: StylizeRequest) -> bool:
+        """Whether :meth:`negative_embedding` is memoised for the request (it then needs no text encoder)."""
+        with self._lock:
+            return (int(request.text_layer), bool(request.think)) in self._negatives
 
     def negative_embedding(self, request: StylizeRequest) -> torch.Tensor:
         """The empty prompt at the request's ``text_layer``/``think`` (CFG's negative; memoised)."""

@@ -41,7 +41,6 @@ class Models:
         self._lock = threading.Lock()
         self.errors: dict[str, str] = {}  #: component -> what went wrong at its last load
         self.identities: dict[tuple[int, str], str] = {}  #: (id(pipeline), folder) -> model identity
-        self.negatives_done: set[tuple[int, int, bool]] = set()  #: (id(pipeline), text_layer, think) encoded once
         self.last_vl_use = time.monotonic()
         self.vl_busy = False
 
@@ -110,7 +109,6 @@ class Models:
     def swap(self, component: str) -> None:  # any stage thread, both idle
         """Unload and load ``component``; with a factory, ``all`` builds a new pipeline."""
         self.identities.clear()  # the folders may hold new weights now
-        self.negatives_done.clear()
         if self._factory is not None and component == "all":
             with self._lock:
                 old, self._pipeline = self._pipeline, None

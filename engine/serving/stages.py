@@ -244,11 +244,9 @@ class EncodeStage(_StageBase):
                 seen[key] = pipe.encode_prompt(request)
             out.append(seen[key])
             if request.guidance_scale > 0:
-                neg = (id(pipe), int(request.text_layer), bool(request.think))
-                if neg not in self.models.negatives_done:  # the pipeline memoises it: the encoder is needed once
+                if not pipe.has_negative(request):  # the pipeline memoises it: the encoder is needed once
                     load_s += self.models.ensure(pipe, "text")
-                pipe.negative_embedding(request)  # memoised by the pipeline: not computed in the DiT thread
-                self.models.negatives_done.add(neg)
+                pipe.negative_embedding(request)  # made here, so the DiT thread never runs the text encoder
         return out, load_s
 
 

@@ -67,6 +67,9 @@ class TextFake(FakePipeline):
         torch.manual_seed(len(request.prompt) * 31 + request.text_layer + 7 * request.think)
         return torch.randn(len(request.prompt), 8)
 
+    def has_negative(self, request: StylizeRequest) -> bool:
+        return (request.text_layer, request.think) in self.negatives
+
     def negative_embedding(self, request: StylizeRequest) -> torch.Tensor:
         key = (request.text_layer, request.think)
         if key not in self.negatives:
