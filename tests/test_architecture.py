@@ -127,6 +127,15 @@ def test_dependencies_point_one_way():
     assert bad == []
 
 
+def test_the_bot_reaches_jobs_only_through_the_job_engine_protocol():
+    """Only ``bot.services`` (which builds it) names the in-process worker; everything else in bot/ and cogs/ is typed
+    by ``engine.serving.protocols.JobEngine``, so a second implementation needs no change there."""
+    users = sorted(name for name in MODULES if name.split(".")[0] in ("bot", "cogs")
+                   and any(t == "engine.serving.worker" or t.startswith("engine.serving.worker.")
+                           for t in _imported(name)))
+    assert users == ["bot.services"]
+
+
 def test_module_sizes():
     sizes = {name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in MODULES.items()}
     assert {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES} == {}
