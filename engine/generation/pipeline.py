@@ -26,6 +26,13 @@ from PIL import Image
 
 from engine.conditioning.blend import blend as blend_embeddings
 from engine.conditioning.blend import embedding_stats
+from engine.conditioning.describe import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MAX_TIME_S,
+    DEFAULT_SUGGESTIONS,
+    Description,
+    describe_image,
+)
 from engine.conditioning.sequence import fit_caption
 from engine.conditioning.text import ReferenceStats
 from engine.generation import batch
@@ -182,6 +189,12 @@ class StylePipeline:
             while len(self._neutrals) > NEUTRALS_KEPT:
                 self._neutrals.popitem(last=False)
         return result
+
+    def describe(self, image: Image.Image, *, n: int = DEFAULT_SUGGESTIONS, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                 max_time_s: float = DEFAULT_MAX_TIME_S, should_abort: AbortFn | None = None) -> Description:
+        """``/describe``: ``n`` prompt suggestions for ``image`` from the same Qwen3-VL (``conditioning.describe``)."""
+        return describe_image(self.vl_extractor, image, n=n, max_new_tokens=max_new_tokens, max_time_s=max_time_s,
+                              should_abort=should_abort)
 
     def negative_embedding(self, request: StylizeRequest) -> torch.Tensor:
         """The empty prompt at the request's ``text_layer``/``think`` (CFG's negative; memoised)."""

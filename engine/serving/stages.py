@@ -32,6 +32,9 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 log = logging.getLogger(__name__)
 
+#: The job kind the encode stage answers itself (``/describe``: text from Qwen3-VL, no image to denoise).
+DESCRIBE_KIND = "describe"
+
 
 class StageHost(Protocol):
     """What the stages need from the worker: beginning and ending a job."""
@@ -82,6 +85,9 @@ class EncodeStage(_StageBase):
                 run = await self.host.begin(job)
                 if run is None:
                     continue
+                if job.kind == DESCRIBE_KIND:  # Qwen3-VL only: ends here, never reaches the DiT stage
+                    await self._guarded(run, self._describe(run), "describe", self.threads.vl)
+                    continue
                 await self._guarded(run, self._encode(run), "encode", self.threads.vl)
                 if not run.finished:
                     run.stage = Stage.HANDOFF
@@ -89,6 +95,26 @@ class EncodeStage(_StageBase):
                     self.handoff.put(run)
         finally:
             self.handoff.close()
+
+    async def _describe(self, run: Run) -> None:
+        """A ``describe`` job: prompt suggestions for its one request's reference, written by Qwen3-VL in the VL
+        thread (bounded by the pipeline's ``max_new_tokens``/``max_time_s`` and by the job timeout, whose abort
+        flag stops ``generate`` between tokens). Its one result is the pipeline's ``Description``."""
+        self.bus.emit(ProgressEvent(run.job.id, EventKind.VL_STARTED, device=run.vl_device))
+        description, load_s = await self._in_vl(run, self._describe_in_thread, run.job.requests[0].reference,
+                                                run.abort.is_set)
+        run.timings["load"] += load_s
+        run.timings["describe"] = description.seconds
+        run.check_abort()
+        await self.host.end(run, JobStatus.DONE, results=[description])
+
+    def _describe_in_thread(self, image: Any, should_abort: Any) -> tuple[Any, float]:  # VL thread
+        pipe = self.models.pipe()
+        load_s = self.models.ensure(pipe, "vl")
+        try:
+            return pipe.describe(image, should_abort=should_abort), load_s
+        finally:
+            self.models.used_vl()
 
     async def _in_vl(self, run: Run, fn: Any, *args: Any) -> Any:
         return await self.threads.call(run, self.threads.vl, fn, *args)
