@@ -73,6 +73,10 @@ async def test_a_style_code_reuses_the_reference_across_a_restart_and_only_in_it
     assert text.startswith(f"style: there is no style {code} in this server"), text
     assert bot.jobs("guild_id = ?", (elsewhere.id,)) == []
 
+    neither = await space.slash("stylize", {"prompt": "no reference"}, alice)
+    assert (await _refusal(neither)).startswith("Attach a reference image, or give `style:` a style code")
+    both = await space.slash("stylize", {"style": code, "image": space.ref()}, alice)
+    assert (await _refusal(both)).startswith("style: give either an image or a style code, not both")
     bad = await space.slash("stylize", {"style": f"{code}::2"}, alice)
     assert "style: a weight (::2) only matters when several references are mixed" in await _refusal(bad)
 
