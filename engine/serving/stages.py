@@ -5,6 +5,7 @@
    or one extraction, preceded by the reference statistics it normalises against (from the cache, seeded into the
    pipeline, or computed and stored); style_delta's neutral extraction; the prompt embeddings (once per distinct
    prompt, each a cache hit or an encode) and CFG's negative. Then it hands the run to the DiT stage.
+   A ``describe`` job (:data:`DESCRIBE_KIND`) ends here: Qwen3-VL writes its prompt suggestions, no DiT.
 2. :class:`DitStage` (the *DiT thread*, the only one touching the DiT): blend, denoise, decode; sweep cells sharing
    size/steps/strength/guidance/shift go through ``generate_batch`` as one call, up to ``max_batch_pixels``.
 """
@@ -105,6 +106,8 @@ class EncodeStage(_StageBase):
                                                 run.abort.is_set)
         run.timings["load"] += load_s
         run.timings["describe"] = description.seconds
+        if self.config.vl_auto_unload:
+            await self._in_vl(run, self.models.unload_vl)
         run.check_abort()
         await self.host.end(run, JobStatus.DONE, results=[description])
 

@@ -89,3 +89,9 @@ async def test_the_job_timeout_stops_a_describe(make_worker):
     await worker.submit(_describe_job(1, "slow"))
     outcome = await worker.wait("slow")
     assert pipe.described.is_set() and outcome.status is JobStatus.FAILED and "timed out" in (outcome.error or "")
+
+
+def test_the_bot_names_the_kind_as_the_worker_does():
+    from bot.store import JobKind
+
+    assert JobKind.DESCRIBE.value == DESCRIBE_KIND
