@@ -18,14 +18,15 @@ import discord
 from discord.ext import commands
 
 from bot.discord_api import Endpoints, point_discord_at
-from bot.jobs import JobButton
+from bot.jobs import JobButton, SuggestionButton
 from bot.services import PipelineFactory, Services
 from bot.tree import ZvlTree
 
 log = logging.getLogger(__name__)
 
 #: Extensions loaded by :meth:`ZvlBot.load_cogs`, in order.
-COGS = ("cogs.stylize", "cogs.blendmode", "cogs.sweep", "cogs.defaults", "cogs.presets", "cogs.queue", "cogs.admin")
+COGS = ("cogs.stylize", "cogs.blendmode", "cogs.sweep", "cogs.defaults", "cogs.presets", "cogs.queue", "cogs.admin",
+        "cogs.style", "cogs.describe")
 
 
 class ZvlBot(commands.Bot):
@@ -62,7 +63,7 @@ class ZvlBot(commands.Bot):
     async def setup_hook(self) -> None:
         self.services = await Services.open(self, self.settings, self._pipeline_factory,
                                             progress_interval=self._progress_interval)
-        self.add_dynamic_items(JobButton)
+        self.add_dynamic_items(JobButton, SuggestionButton)
         await self.load_cogs()
         await self.services.start()
         await self.sync_commands()

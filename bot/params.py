@@ -98,6 +98,7 @@ class GenerationOptions:
     strength: float | None = None
     preset: str | None = None
     private: bool | None = None
+    style: str | None = None  #: a style code (``ab12cd34`` or ``ab12cd34::1``) instead of an attached image
 
     def request_layer(self) -> dict[str, Any]:
         """The options as a ``resolve_params`` layer (parameter names of ``bot.store.defaults.PARAM_SPECS``)."""

@@ -126,10 +126,19 @@ class ReferenceStore:
         digest = hashlib.sha256(data).hexdigest()
         path = self.root / f"{digest}.png"
         if path.exists():
-            os.utime(path)  # reused: its age for the retention clean-up (bot.retention) counts from now
+            self.mark_used(path)
         else:
             atomic_write_bytes(path, data)  # makes the folder; a crash never leaves half a PNG under its hash
         return Reference(image, digest, path)
+
+    @staticmethod
+    def mark_used(path: Path) -> None:
+        """A stored reference was reused (sent again, or named by its style code): its age for the retention
+        clean-up (``bot.retention``) counts from now."""
+        try:
+            os.utime(path)
+        except OSError as exc:
+            log.info("could not refresh %s: %s", path.name, exc)
 
     async def load(self, record: dict[str, Any]) -> Reference:
         """The stored reference of a job (its ``record()``); :class:`UserError` when the file is gone."""

@@ -24,6 +24,7 @@ from bot.looplag import LoopLagMonitor
 from bot.references import ReferenceStore
 from bot.retention import Retention
 from bot.store import Store
+from bot.styles import StyleBook
 from engine.cache.store import EmbeddingCache
 from engine.serving.protocols import JobEngine, WorkerConfig
 from engine.serving.worker import EngineWorker
@@ -68,6 +69,11 @@ class Services:
     loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
     retention: Retention | None = None
 
+    @property
+    def styles(self) -> StyleBook:
+        """Style codes (``/style``; the job service gives and resolves them)."""
+        return self.jobs.styles
+
     def __post_init__(self) -> None:
         if self.retention is None:
             self.retention = Retention([self.settings.data_dir / "results", self.settings.data_dir / "references"],
@@ -87,7 +93,8 @@ class Services:
             notifier = Notifier(bot, worker, render_result, interval=progress_interval)
             references = ReferenceStore.from_settings(settings)
             cooldowns = Cooldowns(settings.cooldown_s)
-            jobs = JobService(settings, store, worker, references, notifier, cooldowns)
+            styles = StyleBook(store.styles, references, settings.retention_days)
+            jobs = JobService(settings, store, worker, references, notifier, cooldowns, styles)
         except BaseException:
             await store.close()
             raise

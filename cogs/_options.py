@@ -46,6 +46,7 @@ DESCRIBE = {
     "strength": "Start from the reference itself (img2img): 0.05 keeps it, 1.0 redraws it",
     "preset": "A server preset to start from",
     "private": "Only you see the result",
+    "style": "A style code from an earlier result (e.g. ab12cd34), instead of attaching the image",
 }
 
 

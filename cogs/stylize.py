@@ -1,4 +1,4 @@
-"""``/stylize``: one image in the style of an attached reference."""
+"""``/stylize``: one image in the style of an attached reference, or of a style code (``style:ab12cd34``)."""
 
 from __future__ import annotations
 
@@ -36,14 +36,15 @@ class Stylize(commands.Cog):
     @app_commands.guild_only()
     @app_commands.checks.bot_has_permissions(attach_files=True, embed_links=True)
     @generation_cooldown()
-    async def stylize(self, interaction: discord.Interaction, image: discord.Attachment, prompt: Prompt | None = None,
-                      style_weight: StyleWeight | None = None, blend_mode: BlendModeName | None = None,
-                      layer: Layer | None = None, tokens: TokensName | None = None, seed: Seed | None = None,
-                      steps: Steps | None = None, size: Size | None = None, strength: Strength | None = None,
-                      preset: str | None = None, private: bool | None = None) -> None:
+    async def stylize(self, interaction: discord.Interaction, image: discord.Attachment | None = None,
+                      prompt: Prompt | None = None, style_weight: StyleWeight | None = None,
+                      blend_mode: BlendModeName | None = None, layer: Layer | None = None,
+                      tokens: TokensName | None = None, seed: Seed | None = None, steps: Steps | None = None,
+                      size: Size | None = None, strength: Strength | None = None, preset: str | None = None,
+                      private: bool | None = None, style: str | None = None) -> None:
         options = GenerationOptions(prompt=prompt or "", style_weight=style_weight, blend_mode=blend_mode,
                                     layer=layer, tokens=tokens, seed=seed, steps=steps, size=size, strength=strength,
-                                    preset=preset, private=private)
+                                    preset=preset, private=private, style=style)
         await services_of(interaction).jobs.stylize(interaction, image, options)
 
 

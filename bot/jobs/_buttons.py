@@ -37,6 +37,8 @@ class JobActions(Protocol):
 
     async def save_preset(self, interaction: discord.Interaction, job_id: str, name: str) -> None: ...
 
+    async def use_suggestion(self, interaction: discord.Interaction, job_id: str, index: int) -> None: ...
+
 
 def job_actions(interaction: discord.Interaction) -> JobActions:
     """The job service of the bot that received ``interaction``."""
@@ -68,6 +70,37 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=_TEMPLATE):
             await job_actions(interaction).press(interaction, self.action, self.job_id)
         except Exception as exc:  # one error policy for buttons too
             await report_error(interaction, exc)
+
+
+class SuggestionButton(discord.ui.DynamicItem[discord.ui.Button],
+                       template=r"zvl:suggest:(?P<job_id>[0-9a-f]{32}):(?P<index>[1-8])"):
+    """Button "n" under a /describe result: a /stylize with suggestion ``n`` as the prompt and the same reference
+    (``services.jobs.use_suggestion``). Like :class:`JobButton`, its state is all in the custom id."""
+
+    def __init__(self, job_id: str, index: int) -> None:
+        super().__init__(discord.ui.Button(label=str(index), style=discord.ButtonStyle.primary,
+                                           custom_id=f"zvl:suggest:{job_id}:{index}"))
+        self.job_id, self.index = job_id, index
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
+                             match: re.Match[str]) -> SuggestionButton:
+        return cls(match["job_id"], int(match["index"]))
+
+    async def callback(self, interaction: discord.Interaction) -> Any:
+        try:
+            await job_actions(interaction).use_suggestion(interaction, self.job_id, self.index)
+        except Exception as exc:  # one error policy for buttons too
+            await report_error(interaction, exc)
+
+
+def suggestions_view(job_id: str, count: int) -> discord.ui.View:
+    """Buttons 1…count (one per suggestion), then Delete, under a /describe result."""
+    view = discord.ui.View(timeout=None)
+    for index in range(1, count + 1):
+        view.add_item(SuggestionButton(job_id, index))
+    view.add_item(JobButton("delete", job_id))
+    return view
 
 
 def _view(job_id: str, actions: tuple[str, ...]) -> discord.ui.View:

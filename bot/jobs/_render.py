@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,9 @@ import discord
 
 from bot.params import describe_layer
 from bot.text import display_text
-from bot.jobs._buttons import result_view
-from bot.ui.embeds import params_json, result_embed, sweep_embed
+from bot.jobs._buttons import result_view, suggestions_view
+from bot.ui.embeds import describe_embed, params_json, result_embed, sweep_embed
+from engine.files import atomic_write_bytes
 from engine.media.grid import fit_grid_for_upload, make_sweep_grid
 from engine.media.images import encode_for_upload, png_with_metadata
 from engine.serving.queue import Job, JobOutcome
@@ -58,9 +60,29 @@ def _encode_images(job: Job, outcome: JobOutcome, limit: int) -> list[tuple[str,
     return uploads
 
 
+#: The file a /describe job's suggestions are kept in (its row's ``result_paths``), read again by its buttons.
+SUGGESTIONS_FILE = "suggestions.json"
+
+
+def read_suggestions(paths: list[str]) -> list[str] | None:
+    """The suggestions a /describe job stored (``None`` when the file is gone, e.g. under retention)."""
+    for path in paths:
+        if Path(path).name == SUGGESTIONS_FILE:
+            try:
+                return [str(s) for s in json.loads(Path(path).read_text(encoding="utf-8"))["suggestions"]]
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+    return None
+
+
 def save_results(root: Path, job: Job, outcome: JobOutcome) -> list[str]:
-    """Write every result image as a PNG with its parameters under ``root``; returns the paths (for the job row)."""
+    """Write every result image as a PNG with its parameters under ``root`` (a /describe job: its suggestions as
+    JSON); returns the paths (for the job row)."""
     root.mkdir(parents=True, exist_ok=True)
+    if job.kind == "describe":
+        path = root / SUGGESTIONS_FILE
+        atomic_write_bytes(path, json.dumps({"job_id": job.id, **outcome.results[0].record()}).encode())
+        return [str(path)]
     paths = []
     for i, result in enumerate(outcome.results):
         if result is None:
@@ -109,11 +131,16 @@ async def render_result(job: Job, outcome: JobOutcome, limit: int) -> Outgoing:
     """The message for a finished job, every file within ``limit`` bytes."""
     params = job.context["params"]
     mention = f"<@{job.owner_id}>"
+    if job.kind == "describe":
+        suggestions = outcome.results[0].suggestions
+        embed = describe_embed(job_id=job.id, suggestions=suggestions, timings=outcome.timings)
+        return Outgoing(content=f"{mention} here are {len(suggestions)} prompts for your reference.",
+                        embeds=[embed], view=suggestions_view(job.id, len(suggestions)))
     if job.kind == "stylize":
         uploads = await asyncio.to_thread(_encode_images, job, outcome, limit)
         rendered = result_embed(job_id=job.id, prompt=params["prompt"], resolved=params["resolved"],
                                 strength=params.get("strength"), preset=params.get("preset"),
-                                timings=outcome.timings)
+                                timings=outcome.timings, style_code=params.get("style_code"))
         if rendered.truncated:
             uploads.append(("params.json", params_json({"job_id": job.id, **params})))
         rendered.embed.set_image(url=f"attachment://{uploads[0][0]}")

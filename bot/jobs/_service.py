@@ -33,6 +33,7 @@ from discord import app_commands
 from bot.checks import Cooldowns, may_manage_guild, may_moderate
 from bot.errors import PUBLIC_DEFER, GuildOnly, JobGone, NotYourJob, UserError, defer_reply
 from bot.jobs._delivery import Delivery, Notifier
+from bot.jobs._describe import DescribeJobs
 from bot.params import (
     GenerationOptions,
     build_request,
@@ -45,6 +46,8 @@ from bot.references import Reference, ReferenceStore
 from bot.jobs._render import save_results
 from bot.store import JobKind, JobStatus, Store, resolve_params
 from bot.store.db import utcnow
+from bot.store.styles import StyleCode
+from bot.styles import StyleBook
 from bot.jobs._buttons import PresetNameModal, status_view
 from bot.ui.embeds import info_embed, settings_lines, status_line
 from engine.serving.events import EventKind, ProgressEvent
@@ -90,13 +93,13 @@ class SqliteRecorder:
         await self.store.jobs.transition(job.id, JobStatus.QUEUED)
 
 
-class JobService:
-    """Starts, records, restores and acts on jobs (see the module docstring)."""
+class JobService(DescribeJobs):
+    """Starts, records, restores and acts on jobs (see the module docstring; ``/describe`` in ``_describe``)."""
 
     def __init__(self, settings: Any, store: Store, worker: JobEngine, references: ReferenceStore,
-                 notifier: Notifier, cooldowns: Cooldowns) -> None:
+                 notifier: Notifier, cooldowns: Cooldowns, styles: StyleBook) -> None:
         self.settings, self.store, self.worker = settings, store, worker
-        self.references, self.notifier, self.cooldowns = references, notifier, cooldowns
+        self.references, self.notifier, self.cooldowns, self.styles = references, notifier, cooldowns, styles
         self.closing = False
         self._starting = 0
         self._none_starting = asyncio.Event()
@@ -125,9 +128,9 @@ class JobService:
             log.warning("%d job(s) were still being started at shutdown", self._starting)
 
     # --- starting jobs --------------------------------------------------------------------------------------------
-    async def stylize(self, interaction: discord.Interaction, image: discord.Attachment,
+    async def stylize(self, interaction: discord.Interaction, image: discord.Attachment | None,
                       options: GenerationOptions) -> None:
-        """``/stylize`` (and ``/preset use``): one image in the style of ``image``."""
+        """``/stylize`` (and ``/preset use``): one image in the style of ``image`` (or of ``options.style``)."""
         await self._start(interaction, JobKind.STYLIZE, image, options, None)
 
     async def sweep(self, interaction: discord.Interaction, image: discord.Attachment, options: GenerationOptions,
@@ -135,14 +138,16 @@ class JobService:
         """``/sweep`` and ``/blendmode compare``: one labelled grid over the values of a preset or given lists."""
         await self._start(interaction, kind, image, options, {"preset": preset, "overrides": overrides})
 
-    async def _start(self, interaction: discord.Interaction, kind: JobKind, image: discord.Attachment,
+    async def _start(self, interaction: discord.Interaction, kind: JobKind, image: discord.Attachment | None,
                      options: GenerationOptions, sweep: dict[str, Any] | None) -> None:
         async with self._starting_job():
             await self._start_job(interaction, kind, image, options, sweep)
 
-    async def _start_job(self, interaction: discord.Interaction, kind: JobKind, image: discord.Attachment,
+    async def _start_job(self, interaction: discord.Interaction, kind: JobKind, image: discord.Attachment | None,
                          options: GenerationOptions, sweep: dict[str, Any] | None) -> None:
-        self.references.check_declared(image)
+        style = await self._style_row(interaction, image, options.style)  # before the defer: a bad code is private
+        if image is not None:
+            self.references.check_declared(image)
         user = await self.store.defaults.get(interaction.user.id)
         private = options.private if options.private is not None else bool(user.get("private", False))
         await defer_reply(interaction, private=private)
@@ -151,9 +156,23 @@ class JobService:
                               interaction.filesize_limit)
         if sweep is not None:
             self._requests(kind, params, None)  # refuse a bad sweep before downloading anything
-        reference = await self.references.fetch(image)
+        reference = await self.references.fetch(image) if image is not None else await self.styles.load(style)
         params["reference"] = reference.record()
+        params["style_code"] = await self.styles.remember(reference, guild_id=interaction.guild_id,
+                                                          user_id=interaction.user.id)
         await self._submit(interaction, kind, params, reference)
+
+    async def _style_row(self, interaction: discord.Interaction, image: discord.Attachment | None,
+                         style: str | None) -> StyleCode | None:
+        """The row ``style`` names here (``None`` without one); exactly one of an image and a code is needed
+        until requests take several references."""
+        if style is None:
+            if image is None:
+                raise UserError("Attach a reference image, or give `style:` a style code (see `/style list`).")
+            return None
+        if image is not None:
+            raise UserError("style: give either an image or a style code, not both (one reference per request).")
+        return await self.styles.find(style, guild_id=interaction.guild_id, user_id=interaction.user.id)
 
     async def _resolve(self, interaction: discord.Interaction, options: GenerationOptions,
                        user: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -182,7 +201,7 @@ class JobService:
     def _requests(self, kind: str, params: dict[str, Any],
                   reference: Reference | None) -> tuple[list[StylizeRequest], SweepPlan | None]:
         base = StylizeRequest.from_record(params["request"], reference.image if reference else None)
-        if kind == JobKind.STYLIZE:
+        if kind in (JobKind.STYLIZE, JobKind.DESCRIBE):
             return [base], None
         sweep = params["sweep"]
         try:

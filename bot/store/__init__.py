@@ -20,6 +20,7 @@ from bot.store.defaults import UserDefaults, global_defaults, resolve_params, va
 from bot.store.jobs import ALLOWED_TRANSITIONS, InvalidTransition, Job, JobKind, JobNotFound, Jobs, JobStatus
 from bot.store.migrate import MigrationError, SchemaTooNewError, apply_migrations, migrate, run_migrate_cli
 from bot.store.presets import InvalidPresetName, Preset, PresetExistsError, Presets, validate_preset_name
+from bot.store.styles import StyleCode, StyleCodes, scope_of
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
@@ -37,6 +38,8 @@ __all__ = [
     "SchemaTooNewError",
     "SqliteCacheIndex",
     "Store",
+    "StyleCode",
+    "StyleCodes",
     "UserDefaults",
     "apply_migrations",
     "global_defaults",
@@ -44,6 +47,7 @@ __all__ = [
     "open_db",
     "resolve_params",
     "run_migrate_cli",
+    "scope_of",
     "transaction",
     "validate_params",
     "validate_preset_name",
@@ -59,6 +63,7 @@ class Store:
     defaults: UserDefaults
     presets: Presets
     cache_index: SqliteCacheIndex
+    styles: StyleCodes
 
     @classmethod
     async def open(cls, path: str | Path, *, run_migrations: bool = True) -> Store:
@@ -70,7 +75,7 @@ class Store:
         except BaseException:
             await conn.close()
             raise
-        return cls(conn, Jobs(conn), UserDefaults(conn), Presets(conn), SqliteCacheIndex(conn))
+        return cls(conn, Jobs(conn), UserDefaults(conn), Presets(conn), SqliteCacheIndex(conn), StyleCodes(conn))
 
     async def close(self) -> None:
         await self.conn.close()

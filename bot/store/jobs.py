@@ -42,6 +42,7 @@ class JobKind(str, Enum):
     STYLIZE = "stylize"  #: one /stylize request (one or more seeds)
     SWEEP = "sweep"  #: a parameter sweep rendered as a labelled grid
     COMPARE = "compare"  #: the same request under several blend modes, side by side
+    DESCRIBE = "describe"  #: prompt suggestions for a reference (engine.serving.stages.DESCRIBE_KIND)
 
     def __str__(self) -> str:
         return self.value

@@ -83,7 +83,8 @@ def _seconds(value: float | None) -> str:
 
 def timings_text(timings: Mapping[str, float]) -> str:
     """``queue 0.2 s · VL 1.1 s · text 0.1 s · DiT 3.0 s · total 4.4 s`` (stages that ran)."""
-    names = [("queue", "queue"), ("vl", "VL"), ("text", "text"), ("dit", "DiT"), ("total", "total")]
+    names = [("queue", "queue"), ("vl", "VL"), ("describe", "describe"), ("text", "text"), ("dit", "DiT"),
+             ("total", "total")]
     return " · ".join(f"{label} {_seconds(timings[key])}" for key, label in names if key in timings) or "–"
 
 
@@ -118,12 +119,17 @@ class Rendered:
 
 
 def result_embed(*, job_id: str, prompt: str, resolved: Mapping[str, Any], strength: float | None,
-                 preset: str | None, timings: Mapping[str, float], title: str = "Stylized") -> Rendered:
-    """The result of a /stylize job: the prompt, every parameter, the seed and the timings."""
+                 preset: str | None, timings: Mapping[str, float], title: str = "Stylized",
+                 style_code: str | None = None) -> Rendered:
+    """The result of a /stylize job: the prompt, every parameter, the seed, the reference's style code (to reuse
+    it without the image) and the timings."""
     shown = truncate(display_text(prompt), PROMPT_SHOWN) if prompt else "*(no prompt: the reference alone)*"
     embed = discord.Embed(title=title, description=shown, colour=COLOUR_OK)
     for name, value in parameter_fields(resolved, strength=strength, preset=preset):
         embed.add_field(name=name, value=value, inline=True)
+    if style_code:
+        embed.add_field(name="Style code", value=f"`{style_code}` · reuse with `/stylize style:{style_code}`",
+                        inline=False)
     embed.add_field(name="Timings", value=timings_text(timings), inline=False)
     embed.set_footer(text=f"job {job_id}")
     embed, cut = fit_embed(embed)
@@ -146,9 +152,21 @@ def sweep_embed(*, job_id: str, prompt: str, title: str, note: str, axes: Sequen
     return Rendered(embed, cut)
 
 
+def describe_embed(*, job_id: str, suggestions: Sequence[str], timings: Mapping[str, float]) -> discord.Embed:
+    """The result of a /describe job: the numbered prompt suggestions the buttons under it start."""
+    lines = [f"**{i}.** {truncate(display_text(text, one_line=True), 300) or '*(no text)*'}"
+             for i, text in enumerate(suggestions, 1)]
+    embed = discord.Embed(title="Prompt suggestions", description="\n".join(lines), colour=COLOUR_OK)
+    embed.add_field(name="Use one", value="Press its number: a /stylize with that prompt and this reference.",
+                    inline=False)
+    embed.add_field(name="Timings", value=timings_text(timings), inline=False)
+    embed.set_footer(text=f"job {job_id}")
+    return fit_embed(embed)[0]
+
+
 def status_line(event: ProgressEvent, *, kind: str = "stylize") -> str:
     """One line for the status message of a running job."""
-    what = "sweep" if kind in ("sweep", "compare") else "image"
+    what = {"sweep": "sweep", "compare": "sweep", "describe": "description"}.get(kind, "image")
     cells = f" · cell {min((event.cell or 0) + 1, event.cells)}/{event.cells}" if (event.cells or 0) > 1 else ""
     match event.kind:
         case EventKind.QUEUED | EventKind.POSITION:
@@ -158,6 +176,8 @@ def status_line(event: ProgressEvent, *, kind: str = "stylize") -> str:
             return f"⚙️ Starting your {what}…"
         case EventKind.VL_STARTED:
             where = f" on {event.device}" if event.device else ""
+            if kind == "describe":
+                return "📝 Qwen3-VL is describing the reference…"
             return f"🔍 Reading the reference{where}…"
         case EventKind.VL_CACHED | EventKind.VL_FINISHED:
             return "🔍 Reference read; encoding the prompt…"

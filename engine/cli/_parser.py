@@ -54,7 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_make_tiny(sub)
     _add_stylize(sub)
     _add_sweep(sub)
+    _add_describe(sub)
     return parser
+
+
+def _add_describe(sub) -> None:
+    de = sub.add_parser("describe", help="prompt suggestions for a reference image (Qwen3-VL)",
+                        description="Qwen3-VL writes short prompt suggestions for an image (greedy decoding; "
+                                    "noise on the tiny models).", epilog=EPILOG)
+    de.add_argument("-i", "--image", required=True, metavar="REF", help="reference image")
+    de.add_argument("--n", type=int, default=4, help="how many suggestions (4; at most 8)")
+    de.add_argument("--max-new-tokens", type=int, default=48, help="tokens per suggestion (48)")
+    de.add_argument("--max-time", type=float, default=60.0, help="stop generating after this many seconds (60)")
+    _add_model_args(de)
 
 
 def _add_make_tiny(sub) -> None:
@@ -70,7 +82,10 @@ def _add_stylize(sub) -> None:
     st = sub.add_parser("stylize", help="generate one image in the style of a reference",
                         description="Generate one image; every parameter is stored in the PNG (zvl chunk).",
                         epilog=EPILOG)
-    st.add_argument("-i", "--image", required=True, metavar="REF", help="reference image")
+    ref = st.add_mutually_exclusive_group(required=True)
+    ref.add_argument("-i", "--image", metavar="REF", help="reference image (its style code is printed)")
+    ref.add_argument("--style", metavar="CODE", help="reuse a reference by the style code an earlier run printed "
+                                                     "(kept in DATA_DIR/styles)")
     st.add_argument("-p", "--prompt", required=True, help="text prompt")
     st.add_argument("-o", "--output", required=True, metavar="OUT.png", help="output PNG")
     g = st.add_argument_group("generation")

@@ -26,6 +26,13 @@ from PIL import Image
 
 from engine.conditioning.blend import blend as blend_embeddings
 from engine.conditioning.blend import embedding_stats
+from engine.conditioning.describe import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MAX_TIME_S,
+    DEFAULT_SUGGESTIONS,
+    Description,
+    describe_image,
+)
 from engine.conditioning.sequence import fit_caption
 from engine.conditioning.text import ReferenceStats
 from engine.generation import batch
@@ -103,16 +110,11 @@ class StylePipeline:
         self.models.load(component)
 
     def unload(self, component: str = "all") -> None:
-        """Free ``vl`` | ``text`` | ``dit`` | ``all``; each reloads lazily when next needed.
-
-        The memos made with a model go with it: a reload may bring new weights into the same folder.
-        """
+        """Free ``vl`` | ``text`` | ``dit`` | ``all`` (and the memos made with them: a reload may bring new weights)."""
         self.models.unload(component)
         with self._lock:
-            if component in ("text", "all"):
-                self._negatives.clear()
-            if component in ("vl", "all"):
-                self._neutrals.clear()
+            self._negatives.clear() if component in ("text", "all") else None
+            self._neutrals.clear() if component in ("vl", "all") else None
 
     def loaded_components(self) -> dict[str, str]:
         """``{component: device}`` for the components whose weights are in memory now."""
@@ -195,6 +197,12 @@ class StylePipeline:
         """Whether :meth:`negative_embedding` is memoised for the request (it then needs no text encoder)."""
         with self._lock:
             return (int(request.text_layer), bool(request.think)) in self._negatives
+
+    def describe(self, image: Image.Image, *, n: int = DEFAULT_SUGGESTIONS, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                 max_time_s: float = DEFAULT_MAX_TIME_S, should_abort: AbortFn | None = None) -> Description:
+        """``/describe``: ``n`` prompt suggestions for ``image`` from the same Qwen3-VL (``conditioning.describe``)."""
+        return describe_image(self.vl_extractor, image, n=n, max_new_tokens=max_new_tokens, max_time_s=max_time_s,
+                              should_abort=should_abort)
 
     def negative_embedding(self, request: StylizeRequest) -> torch.Tensor:
         """The empty prompt at the request's ``text_layer``/``think`` (CFG's negative; memoised)."""

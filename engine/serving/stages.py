@@ -5,6 +5,7 @@
    or one extraction, preceded by the reference statistics it normalises against (from the cache, seeded into the
    pipeline, or computed and stored); style_delta's neutral extraction; the prompt embeddings (once per distinct
    prompt, each a cache hit or an encode) and CFG's negative. Then it hands the run to the DiT stage.
+   A ``describe`` job (:data:`DESCRIBE_KIND`) ends here: Qwen3-VL writes its prompt suggestions, no DiT.
 2. :class:`DitStage` (the *DiT thread*, the only one touching the DiT): blend, denoise, decode; sweep cells sharing
    size/steps/strength/guidance/shift go through ``generate_batch`` as one call, up to ``max_batch_pixels``.
 """
@@ -31,6 +32,9 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from engine.types import StylizeRequest, StylizeResult, VLResult
 
 log = logging.getLogger(__name__)
+
+#: The job kind the encode stage answers itself (``/describe``: text from Qwen3-VL, no image to denoise).
+DESCRIBE_KIND = "describe"
 
 
 class StageHost(Protocol):
@@ -82,6 +86,9 @@ class EncodeStage(_StageBase):
                 run = await self.host.begin(job)
                 if run is None:
                     continue
+                if job.kind == DESCRIBE_KIND:  # Qwen3-VL only: ends here, never reaches the DiT stage
+                    await self._guarded(run, self._describe(run), "describe", self.threads.vl)
+                    continue
                 await self._guarded(run, self._encode(run), "encode", self.threads.vl)
                 if not run.finished:
                     run.stage = Stage.HANDOFF
@@ -89,6 +96,28 @@ class EncodeStage(_StageBase):
                     self.handoff.put(run)
         finally:
             self.handoff.close()
+
+    async def _describe(self, run: Run) -> None:
+        """A ``describe`` job: prompt suggestions for its one request's reference, written by Qwen3-VL in the VL
+        thread (bounded by the pipeline's ``max_new_tokens``/``max_time_s`` and by the job timeout, whose abort
+        flag stops ``generate`` between tokens). Its one result is the pipeline's ``Description``."""
+        self.bus.emit(ProgressEvent(run.job.id, EventKind.VL_STARTED, device=run.vl_device))
+        description, load_s = await self._in_vl(run, self._describe_in_thread, run.job.requests[0].reference,
+                                                run.abort.is_set)
+        run.timings["load"] += load_s
+        run.timings["describe"] = description.seconds
+        if self.config.vl_auto_unload:
+            await self._in_vl(run, self.models.unload_vl)
+        run.check_abort()
+        await self.host.end(run, JobStatus.DONE, results=[description])
+
+    def _describe_in_thread(self, image: Any, should_abort: Any) -> tuple[Any, float]:  # VL thread
+        pipe = self.models.pipe()
+        load_s = self.models.ensure(pipe, "vl")
+        try:
+            return pipe.describe(image, should_abort=should_abort), load_s
+        finally:
+            self.models.used_vl()
 
     async def _in_vl(self, run: Run, fn: Any, *args: Any) -> Any:
         return await self.threads.call(run, self.threads.vl, fn, *args)

@@ -24,7 +24,7 @@ async def test_global_sync_once_then_skipped_when_unchanged(fake: FakeDiscord, t
         pass
     assert [s.guild_id for s in fake.syncs] == [None]
     assert {c["name"] for c in fake.commands()} == {"stylize", "blendmode", "sweep", "defaults", "preset", "queue",
-                                                    "admin"}
+                                                    "admin", "style", "describe"}
     async with running_bot(settings):
         pass
     assert len(fake.syncs) == 1
@@ -34,7 +34,7 @@ async def test_dev_guild_sync_only(fake: FakeDiscord, tmp_path: Path) -> None:
     guild = next(iter(fake.world.guilds.values()))
     async with running_bot(make_settings(tmp_path, fake, dev_guild_id=guild.id)):
         pass
-    assert [s.guild_id for s in fake.syncs] == [guild.id] and len(fake.commands(guild.id)) == 7
+    assert [s.guild_id for s in fake.syncs] == [guild.id] and len(fake.commands(guild.id)) == 9
 
 
 async def test_interrupted_job_resumes_after_restart(fake: FakeDiscord, tmp_path: Path) -> None:

@@ -109,4 +109,4 @@ async def test_admin_operations(fake: FakeDiscord, tmp_path: Path) -> None:
         assert "Reloaded dit" in (await call("reload", {"component": "dit"})).content
         assert pipeline.loaded["dit"]
         syncs = len(fake.syncs)
-        assert "Synced 7 global commands" in (await call("sync")).content and len(fake.syncs) == syncs + 1
+        assert "Synced 9 global commands" in (await call("sync")).content and len(fake.syncs) == syncs + 1

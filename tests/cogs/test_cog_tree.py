@@ -47,15 +47,19 @@ def walk(options: list[dict[str, Any]], path: str):
 
 
 def test_every_command_is_there(payload) -> None:
-    """The seven top-level commands and their subcommands."""
+    """The nine top-level commands and their subcommands."""
     commands = by_name(payload)
-    assert set(commands) == {"stylize", "blendmode", "sweep", "defaults", "preset", "queue", "admin"}
+    assert set(commands) == {"stylize", "blendmode", "sweep", "defaults", "preset", "queue", "admin", "style",
+                             "describe"}
     subs = {name: sorted(o["name"] for o in c.get("options", []) if o["type"] in (1, 2))
             for name, c in commands.items()}
     assert subs["blendmode"] == ["compare", "info", "set"]
     assert subs["defaults"] == ["reset", "set", "show"]
     assert subs["preset"] == ["delete", "list", "save", "show", "use"]
     assert subs["queue"] == ["cancel", "show"]
+    assert subs["style"] == ["forget", "list", "show"]
+    assert [o["name"] for o in commands["describe"]["options"]] == ["image"]
+    assert commands["describe"]["options"][0]["type"] == 11 and commands["describe"]["options"][0]["required"]
     assert subs["admin"] == ["cache", "cancel", "pause", "queue", "reload", "resume", "status", "sync"]
     cache = by_name(commands["admin"]["options"])["cache"]
     assert sorted(o["name"] for o in cache["options"]) == ["clear", "stats"]
@@ -74,12 +78,13 @@ def test_descriptions_everywhere_within_limits(payload) -> None:
 
 
 def test_stylize_options(payload) -> None:
-    """/stylize: the attachment is required; ranges, choices and the preset autocomplete."""
+    """/stylize: an attachment or a style code (neither is required by Discord: the bot asks for one of them);
+    ranges, choices and the preset autocomplete."""
     options = by_name(by_name(payload)["stylize"]["options"])
     assert list(options) == ["image", "prompt", "style_weight", "blend_mode", "layer", "tokens", "seed", "steps",
-                             "size", "strength", "preset", "private"]
-    assert options["image"]["type"] == 11 and options["image"]["required"] is True
-    assert all(not o.get("required") for name, o in options.items() if name != "image")
+                             "size", "strength", "preset", "private", "style"]
+    assert options["image"]["type"] == 11 and options["style"]["type"] == 3
+    assert not any(o.get("required") for o in options.values())
     weight = options["style_weight"]
     assert (weight["type"], weight["min_value"], weight["max_value"]) == (4, 0, 1000)
     assert style_weight_to_alpha(weight["max_value"]) == 1.0
