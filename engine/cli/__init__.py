@@ -10,8 +10,8 @@ Settings precedence: flags > ``ZVL_*`` environment / ``.env`` > the TOML profile
 setting (``--sweep alpha --layer -6`` runs the alpha preset at layer -6); settings from the environment or a profile
 do not (the preset is the more specific choice).
 
-One module per command (:mod:`~engine.cli.make_tiny`, :mod:`~engine.cli.stylize`, :mod:`~engine.cli.sweep`), the
-parser in ``_parser``, what they share in ``_common`` / ``_output`` / ``_errors``.
+One module per command (:mod:`~engine.cli.make_tiny`, :mod:`~engine.cli.stylize`, :mod:`~engine.cli.sweep`,
+:mod:`~engine.cli.score`), the parser in ``_parser``, what they share in ``_common`` / ``_output`` / ``_errors``.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ from collections.abc import Sequence
 from engine.cli._errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, CliError, Interrupted, one_line
 from engine.cli._parser import build_parser
 from engine.cli.make_tiny import cmd_make_tiny
+from engine.cli.score import cmd_score
 from engine.cli.stylize import cmd_stylize
 from engine.cli.sweep import cmd_sweep
 from engine.config import SettingsError
 
 __all__ = ["COMMANDS", "main"]
 
-COMMANDS = {"make-tiny": cmd_make_tiny, "stylize": cmd_stylize, "sweep": cmd_sweep}
+COMMANDS = {"make-tiny": cmd_make_tiny, "stylize": cmd_stylize, "sweep": cmd_sweep, "score": cmd_score}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -182,7 +182,7 @@ def scores_csv(cells: Sequence[ScoredCell], axes: Sequence[str]) -> str:
         axis_values = [_csv_value(c.axes[a]) if a in c.axes else "" for a in axes]
         b = balance(scores)
         writer.writerow([i, c.label, int(c.baseline), *axis_values, *[scores.get(n, "") for n in names],
-                         "" if b is None else round(b, 6), int(best == i)])
+                         "" if b is None else f"{b:.6g}", int(best == i)])
     return out.getvalue()
 
 

@@ -48,7 +48,12 @@ def score_image(image: Image.Image, reference: Image.Image | None, prompt: str |
     reference-relative ones when a ``reference`` is."""
     scores = judge.scores(image, reference, prompt) if judge is not None else {}
     scores.update(weight_free_scores(image, reference))
-    return {name: round(float(scores[name]), 6) for name in SCORE_NAMES if name in scores}
+    return {name: _significant(scores[name]) for name in SCORE_NAMES if name in scores}
+
+
+def _significant(value: float, digits: int = 6) -> float:
+    """``value`` to ``digits`` significant digits (P(yes) of a weak judge can be 0.00253: decimals would lose it)."""
+    return float(f"{float(value):.{digits}g}")
 
 
 def balance(scores: dict[str, float] | None) -> float | None:
