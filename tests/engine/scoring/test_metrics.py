@@ -91,3 +91,15 @@ def test_weight_free_scores_without_a_reference_skip_the_distances():
     assert set(weight_free_scores(img, None)) == {"clipped_share", "noise_sigma"}
     assert set(weight_free_scores(img, img)) == {"color_distance", "texture_distance", "clipped_share",
                                                  "noise_sigma"}
+
+
+def test_wasserstein_1d_equals_scipys_for_unequal_sample_sizes():
+    from scipy.stats import wasserstein_distance
+
+    from engine.scoring.metrics import wasserstein_1d
+
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(301, 4)), rng.gamma(2.0, size=(157, 4))
+    expected = [wasserstein_distance(a[:, k], b[:, k]) for k in range(4)]
+    assert wasserstein_1d(a, b) == pytest.approx(expected, rel=1e-9)
+    assert wasserstein_1d(a, a.copy()) == pytest.approx([0.0] * 4, abs=1e-12)
