@@ -122,7 +122,7 @@ def _draw_line(ax: Any, cells: Sequence[ScoredCell], axes: list[str], name: str,
     if best is not None and best in x_of and _value(cells[best], name) is not None:
         ax.plot([x_of[best]], [_value(cells[best], name)], marker="*", markersize=14, color="red", linestyle="none")
     if ticks is not None:
-        ax.set_xticks(range(len(ticks)), ticks, fontsize=7, rotation=30)
+        ax.set_xticks(range(len(ticks)), ticks, fontsize=7, rotation=_rotation(ticks))
     ax.set_xlabel(axis, fontsize=8)
     return points
 
@@ -141,16 +141,26 @@ def _draw_heatmap(ax: Any, cells: Sequence[ScoredCell], axes: list[str], name: s
         y = _value(cells[i], name)
         if y is not None:
             matrix[r, c] = y
-            ax.text(c, r, f"{y:.3g}", ha="center", va="center", fontsize=7, color="white")
-    ax.imshow(matrix, cmap="viridis", aspect="auto")
+    shown = ax.imshow(matrix, cmap="viridis", aspect="auto")
+    for r, c in where.values():
+        if not math.isnan(matrix[r, c]):  # dark text on the bright end of viridis, light on the dark end
+            light = shown.norm(matrix[r, c]) < 0.6
+            ax.text(c, r, f"{matrix[r, c]:.3g}", ha="center", va="center", fontsize=7,
+                    color="white" if light else "black")
     if best in where:
         r, c = where[best]
         ax.add_patch(_frame(c, r))
     ax.set_yticks(range(len(rows)), [str(json.loads(k)) for k in rows], fontsize=7)
-    ax.set_xticks(range(len(cols)), [str(json.loads(k)) for k in cols], fontsize=7, rotation=30)
+    col_labels = [str(json.loads(k)) for k in cols]
+    ax.set_xticks(range(len(cols)), col_labels, fontsize=7, rotation=_rotation(col_labels))
     ax.set_ylabel(axes[0], fontsize=8)
     ax.set_xlabel(axes[1], fontsize=8)
     return [[r, c, None if math.isnan(matrix[r, c]) else float(matrix[r, c])] for r, c in where.values()]
+
+
+def _rotation(labels: list[str]) -> int:
+    """Slanted tick labels only when they are long enough to collide (a slanted "-2" reads as ".2")."""
+    return 30 if max((len(t) for t in labels), default=0) > 5 else 0
 
 
 def _frame(x: float, y: float) -> Any:
