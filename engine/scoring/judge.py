@@ -64,8 +64,9 @@ class Judge:
     """Yes/no questions to a loaded Qwen3-VL model. Build with :meth:`from_extractor` (the model the bot holds)."""
 
     def __init__(self, model: Any, processor: Any, *, device: Any, cap_image: Any = None,
-                 max_image_tokens: int = JUDGE_IMAGE_TOKENS) -> None:
-        self.model = model
+                 max_image_tokens: int = JUDGE_IMAGE_TOKENS, extractor: Any = None) -> None:
+        self._model = model
+        self._extractor = extractor
         self.processor = processor
         self.device = device
         self.max_image_tokens = max_image_tokens
@@ -76,11 +77,18 @@ class Judge:
 
     @classmethod
     def from_extractor(cls, extractor: Any, max_image_tokens: int = JUDGE_IMAGE_TOKENS) -> Judge:
-        """The judge over a ``VLExtractor``'s model and processor (loads the model if it is not loaded); images are
-        capped with the extractor's own ``cap_image``, so the judge sees what the processor's bounds allow."""
+        """The judge over a ``VLExtractor``'s model and processor (an unloaded model loads at the first question);
+        images are capped with the extractor's own ``cap_image``, so the judge sees what the processor's bounds
+        allow. Call it from the thread that extracts (the worker's VL thread): the judge takes no lock of its own."""
         budget = max(max_image_tokens, _processor_minimum_tokens(extractor))
-        return cls(extractor.model, extractor.processor, device=extractor.device, cap_image=extractor.cap_image,
-                   max_image_tokens=budget)
+        return cls(None, extractor.processor, device=extractor.device, cap_image=extractor.cap_image,
+                   max_image_tokens=budget, extractor=extractor)
+
+    @property
+    def model(self) -> Any:
+        """The model, asked of the extractor at every use: an extractor that unloads (``vl_auto_unload``) and reloads
+        its model must not leave this judge holding the old copy in memory."""
+        return self._extractor.model if self._extractor is not None else self._model
 
     def _first_token(self, word: str) -> int:
         ids = self.processor.tokenizer.encode(word, add_special_tokens=False)

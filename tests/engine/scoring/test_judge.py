@@ -81,3 +81,15 @@ def test_scores_apply_only_with_their_inputs(judge):
     assert set(judge.scores(img, None, "a cat")) == {"prompt_adherence"}
     assert set(judge.scores(img, _image(5), None)) == {"style_similarity"}
     assert judge.scores(img, None, "") == {}
+
+
+def test_the_judge_follows_an_extractor_that_unloads_and_reloads(tiny_models):
+    ex = VLExtractor.from_pretrained(tiny_models.qwen3vl, "cpu", "float32", lazy=True)
+    judge = Judge.from_extractor(ex)
+    assert not ex.loaded  # building the judge loads nothing
+    first = judge.ask(question_for("style_similarity"), [_image(6), _image(7)])
+    ex.unload()
+    assert not ex.loaded  # the judge kept no reference that would hold the old weights
+    again = judge.ask(question_for("style_similarity"), [_image(6), _image(7)])
+    assert ex.load_count == 2 and judge.model is ex.model
+    assert again.p_yes == pytest.approx(first.p_yes, rel=1e-5)  # same folder, same weights
