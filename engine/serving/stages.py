@@ -319,6 +319,7 @@ class DitStage(_StageBase):
         await self.host.end(run, JobStatus.DONE, results=results)
 
     async def _score(self, run: Run, results: list[Any]) -> None:
+        run.disarm()  # the images are made: the generation clock stops, a slow judge must not time the sweep out
         t0 = time.monotonic()
         load_s = await self.threads.call(run, self.threads.vl, score_results, self.models, run.job, results,
                                          self.config.vl_auto_unload)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
@@ -93,3 +94,24 @@ async def test_real_tiny_pipeline_judges_the_cells(tiny_models):
             assert 0 <= result.scores["prompt_adherence"] <= 1 and 0 <= result.scores["style_similarity"] <= 1
     finally:
         await w.stop()
+
+
+async def test_a_slow_scoring_does_not_time_the_finished_sweep_out(make_worker, monkeypatch):
+    """The job timeout is the generation's clock: it stops when the images are made."""
+    release, scoring = threading.Event(), threading.Event()
+    real = stages.score_results
+
+    def slow(*args):
+        scoring.set()
+        assert release.wait(30)
+        return real(*args)
+
+    monkeypatch.setattr(stages, "score_results", slow)
+    w = await make_worker(FakePipeline(), settings=settings(job_timeout_s=2.0))
+    await w.submit(_sweep("S4"))
+    await wait_thread_event(scoring)
+    await asyncio.sleep(2.5)  # past the job timeout while scoring (waiting for the clock, not synchronising)
+    assert [r.job_id for r in (await w.status()).running] == ["S4"]
+    release.set()
+    outcome = await w.wait("S4")
+    assert outcome.status is JobStatus.DONE and all(r.scores for r in outcome.results)
