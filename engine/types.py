@@ -319,6 +319,7 @@ class StylizeResult:
         timings: seconds per stage (``vl``, ``text``, ``blend``, ``denoise``, ``decode``, ``total``).
         vl: the VL extraction's metadata (``VLResult.metadata()``), or ``None`` for a pure-text request.
         stats: embedding statistics (text std, blended std, caption length).
+        scores: the first image's scores (:mod:`engine.scoring`), when it was scored (a sweep's cells).
     """
 
     images: list[Image.Image]
@@ -327,6 +328,7 @@ class StylizeResult:
     timings: dict[str, float] = field(default_factory=dict)
     vl: dict[str, Any] | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

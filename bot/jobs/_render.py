@@ -1,7 +1,8 @@
 """The final message of a finished job: images encoded for the upload limit, the embed, the JSON, the buttons.
 
-Image work (PNG with every parameter in its metadata, or WebP/JPEG/downscaled when over the limit; the sweep grid)
-runs in a thread; embeds and views are built on the event loop (discord.py views need it).
+Image work (PNG with every parameter in its metadata, or WebP/JPEG/downscaled when over the limit; the sweep grid
+and, for a scored sweep, the score chart) runs in a thread; embeds and views are built on the event loop (discord.py
+views need it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from bot.ui.embeds import describe_embed, params_json, result_embed, sweep_embed
 from engine.files import atomic_write_bytes
 from engine.media.grid import fit_grid_for_upload, make_sweep_grid
 from engine.media.images import encode_for_upload, png_with_metadata
+from engine.scoring.chart import ScoredCell, chart_png
+from engine.scoring.score import best_index
 from engine.serving.queue import Job, JobOutcome
 
 
@@ -123,8 +126,41 @@ def cells_record(job: Job, outcome: JobOutcome) -> dict[str, Any]:
         if result is not None:
             entry["params"] = result.params
             entry["timings"] = result.timings
+            entry["scores"] = result.scores or None
         cells.append(entry)
     return {"job_id": job.id, "plan": plan.record(), "timings": outcome.timings, "cells": cells}
+
+
+def _scored_cells(job: Job, outcome: JobOutcome) -> list[ScoredCell]:
+    plan = job.context["plan"]
+    results = list(outcome.results) + [None] * (len(plan.cells) - len(outcome.results))
+    return [ScoredCell(label=cell.label, axes=cell.axes, baseline=cell.baseline,
+                       scores=(result.scores or None) if result is not None else None)
+            for cell, result in zip(plan.cells, results, strict=False)]
+
+
+def best_cell_line(cells: list[ScoredCell]) -> str | None:
+    """The one line naming the cell with the best prompt-adherence × style-similarity balance (``None``: unjudged)."""
+    best = best_index([c.scores for c in cells], [c.baseline for c in cells])
+    if best is None:
+        return None
+    scores = cells[best].scores or {}
+    return (f"🏆 Best balance (prompt adherence × style similarity): **{display_text(cells[best].label, one_line=True)}**"
+            f" ({scores['prompt_adherence']:.2f} × {scores['style_similarity']:.2f})")
+
+
+def _encode_chart(job: Job, outcome: JobOutcome, limit: int) -> tuple[tuple[str, bytes] | None, str | None]:
+    """The score chart as an upload (``None`` when nothing was scored or it is over ``limit``) and the best-cell
+    line."""
+    cells = _scored_cells(job, outcome)
+    if not any(c.scores for c in cells):
+        return None, None
+    try:
+        png, _record = chart_png(cells, job.context["plan"].axes)
+    except ValueError:
+        return None, best_cell_line(cells)
+    upload = (f"zvl-scores-{job.id[:8]}.png", png) if len(png) <= limit else None
+    return upload, best_cell_line(cells)
 
 
 async def render_result(job: Job, outcome: JobOutcome, limit: int) -> Outgoing:
@@ -156,5 +192,8 @@ async def render_result(job: Job, outcome: JobOutcome, limit: int) -> Outgoing:
                            cells=len(plan.cells), fixed=fixed, timings=outcome.timings)
     rendered.embed.set_image(url=f"attachment://{name}")
     uploads = [(name, data), ("cells.json", params_json(cells_record(job, outcome)))]
-    return Outgoing(content=f"{mention} your {title.lower()} is ready.", embeds=[rendered.embed], uploads=uploads,
-                    view=result_view(job.id, job.kind))
+    chart, best = await asyncio.to_thread(_encode_chart, job, outcome, limit)
+    if chart is not None:
+        uploads.insert(1, chart)  # beside the grid
+    content = f"{mention} your {title.lower()} is ready." + (f"\n{best}" if best else "")
+    return Outgoing(content=content, embeds=[rendered.embed], uploads=uploads, view=result_view(job.id, job.kind))

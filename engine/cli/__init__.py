@@ -11,8 +11,8 @@ setting (``--sweep alpha --layer -6`` runs the alpha preset at layer -6); settin
 do not (the preset is the more specific choice).
 
 One module per command (:mod:`~engine.cli.make_tiny`, :mod:`~engine.cli.stylize`, :mod:`~engine.cli.sweep`,
-:mod:`~engine.cli.describe`), the
-parser in ``_parser``, what they share in ``_common`` / ``_output`` / ``_errors``.
+:mod:`~engine.cli.describe`, :mod:`~engine.cli.score`), the parser in ``_parser``, what they share in ``_common`` /
+``_output`` / ``_errors``.
 """
 
 from __future__ import annotations
@@ -25,13 +25,15 @@ from engine.cli._errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USA
 from engine.cli._parser import build_parser
 from engine.cli.describe import cmd_describe
 from engine.cli.make_tiny import cmd_make_tiny
+from engine.cli.score import cmd_score
 from engine.cli.stylize import cmd_stylize
 from engine.cli.sweep import cmd_sweep
 from engine.config import SettingsError
 
 __all__ = ["COMMANDS", "main"]
 
-COMMANDS = {"make-tiny": cmd_make_tiny, "stylize": cmd_stylize, "sweep": cmd_sweep, "describe": cmd_describe}
+COMMANDS = {"make-tiny": cmd_make_tiny, "stylize": cmd_stylize, "sweep": cmd_sweep, "describe": cmd_describe,
+            "score": cmd_score}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stylize(sub)
     _add_sweep(sub)
     _add_describe(sub)
+    _add_score(sub)
     return parser
 
 
@@ -119,10 +120,25 @@ def _add_sweep(sub) -> None:
     sw.add_argument("--overwrite", action="store_true",
                     help="reuse a folder that holds an earlier sweep (its cell PNGs, metadata.json and grid are "
                          "deleted first)")
+    sw.add_argument("--no-score", action="store_true",
+                    help="do not score the cells (by default: scores in metadata.json, scores.csv, scores_chart.png)")
     g = sw.add_argument_group("axes (one value fixes the setting, several sweep it; they replace the preset's)")
     _add_sweep_axes(g)
     _add_common_generation_args(g)
     _add_model_args(sw)
+
+
+def _add_score(sub) -> None:
+    sc = sub.add_parser("score", help="score images against a reference (and a prompt)",
+                        description="Print each image's scores: colour and texture distance to the reference, "
+                                    "clipped share and noise (no model), and with Qwen3-VL (--vl-model-path or "
+                                    "--demo) prompt adherence and style similarity, P(yes) of a yes/no question.",
+                        epilog=EPILOG)
+    sc.add_argument("-r", "--reference", required=True, metavar="REF", help="reference image")
+    sc.add_argument("-p", "--prompt", help="the prompt the images were made from (for prompt adherence)")
+    sc.add_argument("images", nargs="+", metavar="IMAGE", help="images to score")
+    sc.add_argument("--no-judge", action="store_true", help="weight-free scores only (no Qwen3-VL)")
+    _add_model_args(sc)
 
 
 def _add_sweep_axes(g) -> None:

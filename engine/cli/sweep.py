@@ -1,4 +1,5 @@
-"""``python -m engine sweep``: a parameter sweep per prompt, one PNG per cell, metadata.json and a labelled grid.
+"""``python -m engine sweep``: a parameter sweep per prompt, one PNG per cell, metadata.json and a labelled grid;
+every cell scored (scores.csv and a score chart beside the grid) unless ``--no-score``.
 
 In ``sweep``, a value given as a flag also wins over the preset's own setting (``--sweep alpha --layer -6`` runs the
 alpha preset at layer -6); settings from the environment or a profile do not (the preset is the more specific
@@ -30,6 +31,7 @@ from engine.cli._common import (
 from engine.cli._errors import EXIT_OK, PROG, CliError, Interrupted, UsageError, one_line
 from engine.cli._output import Progress, atomic_write_json, now, print_json
 from engine.cli.sweep_run import CELL_FILE, SweepRun, prompt_dirname, run_sweep
+from engine.cli.sweep_scores import CHART_FILE, CSV_FILE, SweepScorer, judge_of
 from engine.sweep.plan import SweepPlan, plan_sweep
 from engine.types import style_weight_to_alpha
 
@@ -53,8 +55,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     progress.line(f"sweep {sweep.preset}: {len(sweep.plans)} prompt(s), {sweep.total_cells} cells "
                   f"({sum(len(plan.baselines) for _, plan in sweep.plans)} baseline) -> {sweep.root}")
     sweep.prepare_folders()
-    load_s = load_weights(pipe, settings, progress,
-                          needed_components([c.request for _, plan in sweep.plans for c in plan.cells]))
+    components = needed_components([c.request for _, plan in sweep.plans for c in plan.cells])
+    if not args.no_score and "vl" not in components:
+        components.append("vl")  # the judge is the same Qwen3-VL
+    load_s = load_weights(pipe, settings, progress, components)
+    sweep.score = not args.no_score
+    if sweep.score:
+        sweep.judge = _judge(pipe)
     header = {"overrides": {k: v for k, v in overrides.items() if v is not None},
               "models": models_record(settings, pipe), "model_load_seconds": round(load_s, 3),
               "command": [PROG, *sys.argv[1:]]}
@@ -68,6 +75,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                        f"(see {where})")
     progress.line(f"done: {sweep.root}")
     return EXIT_OK
+
+
+def _judge(pipe: Any) -> Any:
+    try:
+        return judge_of(pipe)
+    except (KeyboardInterrupt, CliError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - one line
+        raise CliError(f"cannot set up the Qwen3-VL judge (--no-score skips scoring): {one_line(exc)}") from exc
 
 
 def _check_flags(args: argparse.Namespace) -> None:
@@ -127,6 +143,8 @@ class _Sweep:
     runs: list[SweepRun] = field(default_factory=list)
     vl_cache: dict = field(default_factory=dict)  #: extractions by ``vl_identity``, shared by the prompts
     text_cache: dict = field(default_factory=dict)  #: prompt embeddings by ``text_identity``
+    score: bool = False  #: score every cell (``--no-score`` turns it off)
+    judge: Any = None  #: the Qwen3-VL judge of the judged scores
 
     @property
     def preset(self) -> str:
@@ -144,7 +162,8 @@ class _Sweep:
             self.root.mkdir(parents=True, exist_ok=True)
             for folder in self.folders:
                 folder.mkdir(parents=True, exist_ok=True)
-                stale = [folder / "metadata.json", folder / "comparison_grid.png", self.root / "prompts_summary.json"]
+                stale = [folder / "metadata.json", folder / "comparison_grid.png", self.root / "prompts_summary.json",
+                         folder / CSV_FILE, folder / CHART_FILE]
                 stale += [f for f in folder.glob("*.png") if CELL_FILE.match(f.name)]
                 for path in stale:
                     if path.is_file():
@@ -178,7 +197,8 @@ class _Sweep:
         try:
             run = run_sweep(pipe, plan, folder, prompt=prompt, reference=reference, header=header,
                             progress=progress, vl_cache=self.vl_cache, text_cache=self.text_cache,
-                            cell_size=cell_size, counter=(done, self.total_cells))
+                            cell_size=cell_size, counter=(done, self.total_cells),
+                            scorer=SweepScorer(reference, self.judge) if self.score else None)
         except OSError as exc:
             raise CliError(f"cannot write into {folder}: {exc.strerror or exc}") from None
         self.runs.append(run)

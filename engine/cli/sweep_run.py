@@ -1,4 +1,5 @@
-"""Running one prompt's sweep into its folder: the cells one by one, metadata.json after each, the grid at the end.
+"""Running one prompt's sweep into its folder: the cells one by one (each scored, unless scoring is off),
+metadata.json after each, the grid (and scores.csv and the score chart) at the end.
 
 Extractions and prompt embeddings are reused across cells (and across the prompts of one command) through in-process
 dicts keyed by ``StylizeRequest.vl_identity`` / ``text_identity``: a sweep over alphas extracts once.
@@ -18,6 +19,7 @@ from PIL import ImageOps
 
 from engine.cli._errors import one_line
 from engine.cli._output import Progress, atomic_write_json, now, result_record
+from engine.cli.sweep_scores import SweepScorer
 from engine.files import atomic_write_bytes
 from engine.media.grid import make_sweep_grid
 from engine.media.images import png_with_metadata
@@ -106,7 +108,7 @@ class SweepRun:
 
 def run_sweep(pipe: Any, plan: SweepPlan, folder: Path, *, prompt: str, reference: Any, header: dict[str, Any],
               progress: Progress, vl_cache: dict, text_cache: dict, cell_size: int = 256,
-              counter: tuple[int, int] = (0, 0)) -> SweepRun:
+              counter: tuple[int, int] = (0, 0), scorer: SweepScorer | None = None) -> SweepRun:
     """Run every cell of ``plan`` into ``folder``; returns the run (its ``status`` says how it ended).
 
     ``pipe`` needs ``encode_reference``, ``encode_prompt`` and ``generate`` (the :class:`StylePipeline` API).
@@ -115,22 +117,24 @@ def run_sweep(pipe: Any, plan: SweepPlan, folder: Path, *, prompt: str, referenc
     first cell and after every cell. A failing cell is recorded and the sweep goes on; Ctrl-C stops it with
     ``status: interrupted``. The grid is written at the end in every case (marked INCOMPLETE, with the missing
     cells drawn as such, unless every cell succeeded). ``counter`` is ``(cells done before, cells in all)``.
+    With a ``scorer``, every successful cell gets its ``scores`` in metadata.json, and the end writes scores.csv
+    and the chart (see :mod:`engine.cli.sweep_scores`).
     """
     folder.mkdir(parents=True, exist_ok=True)
     run = SweepRun(folder=folder, plan=plan, prompt=prompt,
                    header=dict(header, vl_extractions=0, text_encodings=0, grid=None))
     run.save()
     done_before, grand_total = counter
-    cells = _CellRunner(pipe, run, progress, vl_cache, text_cache, cell_size)
+    cells = _CellRunner(pipe, run, progress, vl_cache, text_cache, cell_size, scorer)
     try:
         for i, cell in enumerate(plan.cells):
             cells.run(i, cell, f"[{done_before + i + 1}/{grand_total or len(plan.cells)}] {cell.label}")
     except KeyboardInterrupt:
         run.status = "interrupted"
-        _finish(run, reference, cell_size)
+        _finish(run, reference, cell_size, scorer)
         raise
     run.status = "complete" if run.failed == 0 else "failed"
-    _finish(run, reference, cell_size)
+    _finish(run, reference, cell_size, scorer)
     return run
 
 
@@ -144,6 +148,7 @@ class _CellRunner:
     vl_cache: dict
     text_cache: dict
     cell_size: int
+    scorer: SweepScorer | None = None
 
     def run(self, i: int, cell: SweepCell, prefix: str) -> None:
         """Run cell ``i``; a failure is recorded (the sweep goes on), Ctrl-C leaves it pending and propagates."""
@@ -199,11 +204,13 @@ class _CellRunner:
                                    masked_dimensions=(result.vl or {}).get("masked_dimensions", []))
         self.sweep.thumbs[i] = ImageOps.contain(image.convert("RGB"), (self.cell_size, self.cell_size))
         self.sweep.errors[i] = None
+        if self.scorer is not None:
+            self.scorer.score_cell(self.sweep.cells[i], image, cell.request)
         self.sweep.save()
 
 
-def _finish(run: SweepRun, reference: Any, cell_size: int) -> None:
-    """Write the grid (marked INCOMPLETE when it is) and the final metadata."""
+def _finish(run: SweepRun, reference: Any, cell_size: int, scorer: SweepScorer | None = None) -> None:
+    """Write the grid (marked INCOMPLETE when it is), the score files and the final metadata."""
     title = f"Prompt: {run.prompt}"
     if not run.complete:
         title = f"INCOMPLETE ({run.status}: {run.ok} of {len(run.cells)} cells) - {title}"
@@ -218,5 +225,7 @@ def _finish(run: SweepRun, reference: Any, cell_size: int) -> None:
     except Exception as exc:  # noqa: BLE001 - a grid failure must not hide the cells' results
         run.header["grid"] = None
         run.header["grid_error"] = one_line(exc)
+    if scorer is not None:
+        run.header["scores"] = scorer.write(run.folder, run.cells, run.plan.axes, title)
     run.header["finished_at"] = now()
     run.save()

@@ -167,7 +167,8 @@ class WorkerConfig:
     ``max_batch_pixels``: sweep cells sharing size/steps/strength/guidance/shift are batched into one DiT call up to
     this many output pixels per call (at 1024² batching gains nothing on an H200, at 512² a batch of 4 is ~11%
     faster than 4 calls; 0 runs every cell alone). ``keep_outcomes``: finished jobs whose outcome and events stay
-    answerable by ``wait``/``subscribe``.
+    answerable by ``wait``/``subscribe``. ``score_sweeps``: score every cell of a multi-cell job after the DiT stage
+    (in the VL thread; :mod:`engine.serving.scores`).
     """
 
     max_jobs_per_user: int = 3
@@ -179,6 +180,7 @@ class WorkerConfig:
     cpu_threads: int | None = None
     max_batch_pixels: int = 1024 * 1024
     keep_outcomes: int = 256
+    score_sweeps: bool = True
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> WorkerConfig:

@@ -8,6 +8,8 @@
    A ``describe`` job (:data:`DESCRIBE_KIND`) ends here: Qwen3-VL writes its prompt suggestions, no DiT.
 2. :class:`DitStage` (the *DiT thread*, the only one touching the DiT): blend, denoise, decode; sweep cells sharing
    size/steps/strength/guidance/shift go through ``generate_batch`` as one call, up to ``max_batch_pixels``.
+   A finished sweep is then scored in the VL thread (:mod:`engine.serving.scores`) while this stage goes on with
+   the next job; the job ends when its scores are in.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from engine.serving.faults import fail_and_free, user_message
 from engine.serving.lifecycle import Gate, Models
 from engine.serving.protocols import BatchPipeline, PipelineLike, WorkerConfig
 from engine.serving.queue import Job, JobQueue, JobStatus
-from engine.serving.runs import Aborted, Handoff, Run, Stage, StageThreads
+from engine.serving.runs import Aborted, Handoff, Run, Stage, StageThreads, spawn
+from engine.serving.scores import score_results, wants_scores
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from concurrent.futures import ThreadPoolExecutor
@@ -302,6 +305,10 @@ def plan_batches(requests: list[StylizeRequest], max_pixels: int, batching: bool
 class DitStage(_StageBase):
     """Stage 2: blend, denoise, decode, one batch of cells at a time."""
 
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.scoring: set = set()  #: the sweeps being scored in the VL thread (tasks kept alive here)
+
     async def loop(self) -> None:
         """Serve what the encode stage hands over until the hand-off is closed and empty."""
         while True:
@@ -333,6 +340,18 @@ class DitStage(_StageBase):
             run.step = run.total = 0
             self.bus.emit(ProgressEvent(job.id, EventKind.CELL_DONE, cells_done=run.cells_done,
                                          cells=len(job.requests)))
+        if wants_scores(job, self.config.score_sweeps):  # off the DiT's path: this loop takes the next job now
+            spawn(self.scoring, self._guarded(run, self._score(run, results), "score", self.threads.vl))
+            return
+        await self.host.end(run, JobStatus.DONE, results=results)
+
+    async def _score(self, run: Run, results: list[Any]) -> None:
+        run.disarm()  # the images are made: the generation clock stops, a slow judge must not time the sweep out
+        t0 = time.monotonic()
+        load_s = await self.threads.call(run, self.threads.vl, score_results, self.models, run.job, results,
+                                         self.config.vl_auto_unload)
+        run.timings["load"] += load_s
+        run.timings["score"] = time.monotonic() - t0 - load_s
         await self.host.end(run, JobStatus.DONE, results=results)
 
     def _generate(self, run: Run, group: list[int]) -> tuple[list[StylizeResult], float]:  # DiT thread

@@ -327,7 +327,7 @@ def test_sweep_alpha_end_to_end(tmp_path, tiny_models, ref_png):
         assert grid.width == 4 + 2 * 68 + 5 * 68
         assert grid.size == tuple(meta["grid_size"])
     assert sorted(p.name for p in out.glob("*.png")) == sorted([c["file"] for c in meta["cells"]]
-                                                               + ["comparison_grid.png"])
+                                                               + ["comparison_grid.png", "scores_chart.png"])
 
 
 @pytest.mark.slow
@@ -419,4 +419,4 @@ def test_overwrite_replaces_an_earlier_sweep(tmp_path, tiny_models, ref_png):
     assert third.returncode == 0, third.stderr
     meta = json.loads((out / "metadata.json").read_text())
     assert sorted(p.name for p in out.glob("*.png")) == sorted([c["file"] for c in meta["cells"]]
-                                                               + ["comparison_grid.png"])
+                                                               + ["comparison_grid.png", "scores_chart.png"])

@@ -9,7 +9,7 @@ from engine.serving.worker import EngineWorker
 from tests.engine.serving.support import settings
 from tests.fakes import FakePipeline
 
-CONFIG_FIELDS = ("max_batch_pixels", "keep_outcomes")
+CONFIG_FIELDS = ("max_batch_pixels", "keep_outcomes", "score_sweeps")
 
 
 @pytest.fixture
