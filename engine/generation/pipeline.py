@@ -270,7 +270,7 @@ class StylePipeline:
             "vl_length": int(vl.embeddings.shape[0]) if vl is not None else None,
             "blended_length": int(caption.blended.shape[0]),
             "caption_length": int(caption.caption.shape[0]),
-            **{name: generation[name] for name in ("shift", "denoise_steps", "sigmas")},
+            **{name: generation[name] for name in ("shift", "denoise_steps", "sigmas", "start_sigma")},
             "negative_length": int(caption.negative.shape[0]) if generation["cfg"] else None,
             "init_image_size": list(request.reference.size) if request.strength is not None else None,
             "dtype": generation["dtype"],
