@@ -105,5 +105,5 @@ LIMITS: dict[str, Bound] = _table(
     Bound("shift", float, 0.0, 20.0, lo_open=True, description="flow-matching scheduler shift"),
     Bound("target_std", float, 0.0, 10000.0, lo_open=True, description="std the global normalisation scales to"),
     Bound("outlier_threshold", float, 1.0, 10000.0, lo_open=True, description="std ratio that marks an outlier"),
-    Bound("append_tokens", int, 1, 1024, description="pooled reference tokens blend mode append adds"),
+    Bound("append_tokens", int, 1, 1024, description="reference rows blend mode append adds at alpha 1 (round(alpha*K) at alpha)"),
 )

@@ -47,6 +47,17 @@ def check_matrix(x: Any, name: str) -> torch.Tensor:
     return x
 
 
+def check_alpha(alpha: Any) -> float:
+    """``alpha`` as a float in ``[0, 1]`` (``ValueError`` naming ``alpha``): the rule of every blend mode."""
+    try:
+        a = float(alpha)
+    except (TypeError, ValueError):
+        raise ValueError(f"alpha must be between 0 and 1; got {alpha!r}") from None
+    if math.isnan(a) or not 0.0 <= a <= 1.0:
+        raise ValueError(f"alpha must be between 0 and 1; got {alpha!r}")
+    return a
+
+
 def check_int(value: Any, name: str, minimum: int) -> int:
     """``value`` must be an integer (not a bool) ``>= minimum``; raise a ``ValueError`` naming ``name``."""
     if isinstance(value, bool):
@@ -277,7 +288,9 @@ def mask_outliers(
     work, ref = emb.to(torch.float64), ref_std.clamp(min=STD_EPS)
     ratio, high, low = _flag_outliers(work, ref, t, which)
     info["flagged_dimensions"] = [int(d) for d in torch.nonzero(high | low).flatten().tolist()]
-    if how is OutlierMode.ZERO:
+    if how is OutlierMode.MEAN and ref_mean is None:
+        raise ValueError("reference_mean is required for mode mean (the reference's per-dimension content mean)")
+    if how in (OutlierMode.ZERO, OutlierMode.MEAN):
         changed = _zero_columns(out, high | low, ref_mean)
     elif how is OutlierMode.CLAMP:
         changed = _clamp_columns(out, work, high, t * ref)

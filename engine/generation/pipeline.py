@@ -26,6 +26,7 @@ from PIL import Image
 
 from engine.conditioning.blend import blend as blend_embeddings
 from engine.conditioning.blend import embedding_stats
+from engine.conditioning.normalize import content_rms
 from engine.conditioning.sequence import fit_caption
 from engine.conditioning.text import ReferenceStats
 from engine.generation import batch
@@ -147,14 +148,16 @@ class StylePipeline:
         return self.text_encoder.encode([request.prompt], layer=request.text_layer, think=request.think)[0]
 
     def _extract(self, request: StylizeRequest, image: Image.Image) -> VLResult:
+        """The extraction exactly as :meth:`~engine.types.StylizeRequest.vl_settings` says (what its keys record):
+        no prompt for a prompt-free one, raw states for ``style_delta``, VL's think block with ``think``."""
         stats = self.reference_stats_for(request) if request.uses_reference_stats else None
-        text = request.vl_text if request.vl_text is not None else request.prompt
+        settings = request.vl_settings()
         return self.vl_extractor.extract(
-            image, text, hidden_layer=request.hidden_layer, tokens=request.tokens,
-            normalization=Normalization.parse(request.normalization, "normalization"), target_std=request.target_std,
-            outlier_mode=OutlierMode.parse(request.outlier_mode, "outlier_mode"),
+            image, settings["text"], hidden_layer=request.hidden_layer, tokens=request.tokens,
+            normalization=Normalization.parse(settings["normalization"], "normalization"),
+            target_std=request.target_std, outlier_mode=OutlierMode.parse(request.outlier_mode, "outlier_mode"),
             outlier_threshold=request.outlier_threshold, outlier_direction=request.outlier_direction,
-            reference_stats=stats,
+            reference_stats=stats, think=settings["think"],
         )
 
     def encode_reference(self, request: StylizeRequest) -> VLResult | None:
@@ -216,12 +219,22 @@ class StylePipeline:
         mode = BlendMode.parse(request.blend_mode, "blend_mode")
         if mode is BlendMode.STYLE_DELTA and neutral is None:
             neutral = self.neutral_reference(request)
+        grid = vl.settings.get("image_grid")
         return blend_embeddings(
             vl.embeddings, text_emb, alpha, mode,
             image_mask=torch.tensor(vl.image_mask, dtype=torch.bool),
             neutral=neutral.embeddings if neutral is not None else None,
-            append_tokens=request.append_tokens,
+            append_tokens=request.append_tokens, image_grid=tuple(grid) if grid else None,
+            row_scale=self.row_scale(request, text_emb),
         )
+
+    def row_scale(self, request: StylizeRequest, text_emb: torch.Tensor) -> float | None:
+        """Under ``row_rms`` (the default) the RMS every mixed-in VL row gets: the median of the prompt's content
+        rows (:func:`~engine.conditioning.normalize.content_rms`); ``None`` under the other normalisations."""
+        if Normalization.parse(request.normalization, "normalization") is not Normalization.ROW_RMS:
+            return None
+        mask = self.text_encoder.content_mask(request.prompt, request.think)
+        return content_rms(text_emb, mask if len(mask) == text_emb.shape[0] else None)
 
     def fit(self, request: StylizeRequest, caption: torch.Tensor) -> torch.Tensor:
         """Bring the caption under the DiT's 1504-row limit with the request's ``fit_mode``."""
