@@ -235,9 +235,8 @@ class Generator:
                 negative_prompt_embeds: torch.Tensor | Sequence[torch.Tensor] | None = None,
                 fit_mode: FitMode | str = FitMode.POOL, progress: ProgressFn | None = None,
                 should_abort: AbortFn | None = None) -> Denoised:
-        """Run the denoising loop; returns the final latents (float32) and the parameter record.
-
-        Settings are validated by ``engine.generation.checks`` before; this checks the embeddings' shapes only.
+        """Run the denoising loop; returns the final latents (float32) and the parameter record. Settings are
+        validated by ``engine.generation.checks`` before; this checks the embeddings' shapes only.
         ``prompt_embeds`` / ``negative_prompt_embeds`` (CFG): one ``[L, D]`` for every seed, or one per seed;
         ``image`` + ``strength``: img2img. Raises :class:`Cancelled` when ``should_abort()`` turns true."""
         seeds = [int(seeds)] if isinstance(seeds, int) else [int(s) for s in seeds]
@@ -266,12 +265,11 @@ class Generator:
             t0 = time.perf_counter()
             latents = pipe(**call).images
             seconds = time.perf_counter() - t0
-            params = self._record(pipe, call, images, total, fit, negatives)
-            params["strength"] = float(strength) if images is not None else None
+            params = self._record(pipe, call, images, total, fit, negatives, strength)
         return Denoised(latents=latents, params=params, seconds=seconds)
 
     def _record(self, pipe: Any, call: dict[str, Any], images: list[Image.Image] | None, total: int,
-                fit: FitMode, negatives: list[torch.Tensor] | None) -> dict[str, Any]:
+                fit: FitMode, negatives: list[torch.Tensor] | None, strength: float | None) -> dict[str, Any]:
         """The parameter record of one denoising call (``Denoised.params``)."""
         init_size = None
         if images is not None:
@@ -281,7 +279,7 @@ class Generator:
             "shift": float(pipe.scheduler.shift), "steps": call["num_inference_steps"], "denoise_steps": total,
             "guidance_scale": call["guidance_scale"], "cfg": call["guidance_scale"] > 0,
             "seeds": [int(g.initial_seed()) for g in call["generator"]], "width": call["width"],
-            "height": call["height"], "strength": call.get("strength"),
+            "height": call["height"], "strength": float(strength) if images is not None else None,
             "mode": "img2img" if images is not None else "txt2img", "init_image_size": init_size,
             "caption_lengths": [int(c.shape[0]) for c in call["prompt_embeds"]],
             "negative_lengths": [int(c.shape[0]) for c in negatives] if negatives else None,
