@@ -126,3 +126,20 @@ def test_think_keeps_vl_and_text_rows_aligned(pipe):
     request = StylizeRequest(prompt=SHORT, reference=_ref(), tokens="text", think=True, **SMALL)
     assert request.vl_settings()["think"] is True
     assert pipe.encode_reference(request).embeddings.shape[0] == len(pipe.text_encoder.token_ids(SHORT, think=True))
+
+
+@pytest.mark.parametrize("preset", ["style_transfer", "blend_comparison", "strength_sweep", "think_comparison"])
+def test_img2img_presets_show_the_reference(pipe, preset):
+    """The seed's img2img presets at 9 steps: every img2img cell (0.9 included) gives two references two images."""
+    from engine.sweep.plan import plan_sweep
+
+    base = StylizeRequest(prompt=SHORT, reference=_ref(), seeds=(4,), steps=9, width=32, height=32)
+    plan = plan_sweep(base, preset, {}, max_cells=64)
+    cells = [c for c in plan.cells if c.request.strength is not None and c.request.strength >= 0.9]
+    assert cells, "the preset has a strength-0.9 cell"
+    for cell in cells[:2]:
+        a = pipe.denoise(cell.request, pipe.caption(cell.request, pipe.encode(cell.request)).caption)
+        other = cell.request.replace(reference=_ref(seed=5))
+        b = pipe.denoise(other, pipe.caption(other, pipe.encode(other)).caption)
+        assert a.params["start_sigma"] == pytest.approx(cell.request.strength, abs=1e-5)
+        assert float((a.latents - b.latents).abs().mean()) > 1e-3
