@@ -69,12 +69,11 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            axes={"tokens": (TokenMode.FULL, TokenMode.TEXT, TokenMode.IMAGE, TokenMode.IMAGE_NO_MARKERS)},
            fixed={"alpha": 1.0},
            note=f"The seed's token selections at alpha 1. {_REQUEST}"),
-    Preset("normalization", "VL normalisation row_rms (default), global, per_dim, hybrid (image tokens, alpha 1)",
-           axes={"normalization": (Normalization.ROW_RMS, Normalization.GLOBAL, Normalization.PER_DIM,
-                                   Normalization.HYBRID)},
+    Preset("normalization", "VL normalisation global, per_dim, hybrid (image tokens, alpha 1)",
+           axes={"normalization": (Normalization.GLOBAL, Normalization.PER_DIM, Normalization.HYBRID)},
            fixed={"alpha": 1.0, "tokens": TokenMode.IMAGE},
-           note=f"The seed's normalisations on image tokens at alpha 1, after this project's default row_rms. "
-                f"{_REQUEST}"),
+           note=f"The seed's normalisations on image tokens at alpha 1. {_REQUEST} This project's default, row_rms, "
+                "is not among them: add --normalizations row_rms,global,per_dim,hybrid to compare."),
     Preset("outlier", "outlier masking none, zero, clamp, scale (threshold 10, alpha 1)",
            axes={"outlier": (OutlierMode.NONE, OutlierMode.ZERO, OutlierMode.CLAMP, OutlierMode.SCALE)},
            fixed={"alpha": 1.0, "tokens": TokenMode.FULL, "outlier_threshold": 10.0},

@@ -22,7 +22,7 @@ EXPECTED = {
     "alpha": (5, 1, ["alpha"]),
     "layer": (5, 1, ["layer"]),
     "token": (4, 1, ["tokens"]),
-    "normalization": (4, 1, ["normalization"]),  # row_rms added (issue 14)
+    "normalization": (3, 1, ["normalization"]),
     "outlier": (4, 1, ["outlier"]),
     "full": (18, 1, ["alpha", "layer", "tokens"]),
     "vl_only_vs_qwen3": (3, 1, ["variant"]),
