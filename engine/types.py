@@ -274,17 +274,18 @@ class StylizeRequest:
 
     def vl_settings(self) -> dict[str, Any]:
         """What the extraction depends on besides the pixels, canonical and JSON-safe: ``layers``, ``tokens``, the
-        :func:`applicable_vl_settings` (``style_delta`` extracts raw states), ``text`` (``vl_text`` or the prompt;
+        :func:`applicable_vl_settings` (``style_delta`` takes raw states unless the normalisation is row-local, so an
+        image-independent row gives δ = 0), ``text`` (``vl_text`` or the prompt;
         ``None`` for :data:`PROMPT_FREE_TOKENS` and for ``append`` under a row-local normalisation) and ``think``
         (VL's think block, with a text only). The extraction runs with exactly these; every key derives from them."""
         f = {name: getattr(self, name) for name in VL_FIELDS}
         mode, norm = BlendMode.parse(f["blend_mode"], "blend_mode"), Normalization.parse(f["normalization"], "norm")
-        norm = Normalization.NONE if mode is BlendMode.STYLE_DELTA else norm  # shared-free delta (audit #18)
+        row_local = norm in (Normalization.ROW_RMS, Normalization.NONE)  # each row's factor its own
+        norm = Normalization.NONE if mode is BlendMode.STYLE_DELTA and not row_local else norm  # audit #18
         out = {"layers": canonical_layers(f["hidden_layer"]), "tokens": TokenMode.parse(f["tokens"], "tokens").value,
                **applicable_vl_settings(norm, f["target_std"], f["outlier_mode"], f["outlier_threshold"],
                                         f["outlier_direction"])}
-        image_only = out["tokens"] in PROMPT_FREE_TOKENS or (
-            mode is BlendMode.APPEND and norm in (Normalization.ROW_RMS, Normalization.NONE))
+        image_only = out["tokens"] in PROMPT_FREE_TOKENS or (mode is BlendMode.APPEND and row_local)
         text = f["vl_text"] if f["vl_text"] is not None else f["prompt"]
         out["text"] = None if image_only or not text else str(text)
         out["think"] = bool(f["think"]) and out["text"] is not None

@@ -69,10 +69,12 @@ def test_style_weight_one_is_much_closer_to_zero_than_300(pipe, mode):
     assert near < 0.2 * far, f"{mode}: style weight 1 moves the image by {near:.2f} levels vs {far:.2f} at 300"
 
 
-def test_style_delta_is_zero_where_nothing_depends_on_the_image(pipe):
+@pytest.mark.parametrize("normalization", ["row_rms", "global", "per_dim"])
+def test_style_delta_is_zero_where_nothing_depends_on_the_image(pipe, normalization):
     """Rows before the vision span are the same for any image (causal attention), so δ must be exactly 0 there; the
     seed normalised the reference and the gray image with different global factors (δ = 5.35 on those rows)."""
-    request = StylizeRequest(prompt=SHORT, reference=_ref(), alpha=0.5, blend_mode="style_delta", **SMALL)
+    request = StylizeRequest(prompt=SHORT, reference=_ref(), alpha=0.5, blend_mode="style_delta",
+                             normalization=normalization, **SMALL)
     encoded = pipe.encode(request)
     start = encoded.vl.image_span[0] - 1  # <|vision_start|> and the chat prefix before it
     assert torch.equal(encoded.vl.embeddings[:start + 1], encoded.neutral.embeddings[:start + 1])

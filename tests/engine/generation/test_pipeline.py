@@ -135,8 +135,10 @@ def test_every_blend_mode_runs(pipe, mode):
 def test_style_delta_uses_a_gray_neutral(pipe):
     req = StylizeRequest(prompt="a red fox", reference=_ref(), alpha=0.3, blend_mode="style_delta", **SMALL)
     neutral = pipe.neutral_reference(req)
-    # raw states (issue 14): both extractions of style_delta are unnormalised, so they share no factor
-    gray = pipe.vl_extractor.extract(Image.new("RGB", (96, 64), (128, 128, 128)), "a red fox", normalization="none")
+    # issue 14: row_rms is row-local (each row its own factor), so the reference and the gray image keep identical
+    # rows identical; under global both would be extracted raw
+    gray = pipe.vl_extractor.extract(Image.new("RGB", (96, 64), (128, 128, 128)), "a red fox", normalization="row_rms")
+    assert req.replace(normalization="global").vl_settings()["normalization"] == "none"
     assert torch.equal(neutral.embeddings, gray.embeddings)
     assert pipe.neutral_reference(req) is neutral  # memoised
 
