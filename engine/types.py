@@ -279,7 +279,8 @@ class StylizeRequest:
         ``None`` for :data:`PROMPT_FREE_TOKENS` and for ``append`` under a row-local normalisation) and ``think``
         (VL's think block, with a text only). The extraction runs with exactly these; every key derives from them."""
         f = {name: getattr(self, name) for name in VL_FIELDS}
-        mode, norm = BlendMode.parse(f["blend_mode"], "blend_mode"), Normalization.parse(f["normalization"], "norm")
+        mode = BlendMode.parse(f["blend_mode"], "blend_mode")
+        norm = Normalization.parse(f["normalization"], "normalization")
         row_local = norm in (Normalization.ROW_RMS, Normalization.NONE)  # each row's factor its own
         norm = Normalization.NONE if mode is BlendMode.STYLE_DELTA and not row_local else norm  # audit #18
         out = {"layers": canonical_layers(f["hidden_layer"]), "tokens": TokenMode.parse(f["tokens"], "tokens").value,

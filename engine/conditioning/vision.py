@@ -274,7 +274,7 @@ class VLExtractor:
 
     def extract(self, image: Image.Image, text: str | None = None, *,
                 hidden_layer: int | LayerWeight | Sequence[Any] = -6, tokens: TokenMode | str = TokenMode.FULL,
-                scale_to_text: bool = True, normalization: Normalization | str = Normalization.GLOBAL,
+                scale_to_text: bool = True, normalization: Normalization | str = Normalization.ROW_RMS,
                 target_std: float = 61.0, outlier_mode: OutlierMode | str = OutlierMode.NONE,
                 outlier_threshold: float = 10.0, outlier_direction: OutlierDirection | str = OutlierDirection.BOTH,
                 reference_stats: Any = None, max_image_tokens: int | None = None, think: bool = False) -> VLResult:

@@ -196,9 +196,21 @@ def test_budget_helpers():
     assert budget_grid(1024, 1024, 1024) == (32, 32)
 
 
+def test_row_rms_is_the_default_and_keeps_each_rows_direction(vl):
+    """Issue 14: unit-RMS rows (the blend scales them to the prompt's content rows), directions of the raw rows."""
+    res = vl.extract(_image(), PROMPT)
+    raw = vl.extract(_image(), PROMPT, normalization="none").embeddings.double()
+    assert res.settings["normalization"] == "row_rms"
+    out = res.embeddings.double()
+    torch.testing.assert_close(out.pow(2).mean(1), torch.ones(out.shape[0], dtype=torch.float64), atol=1e-5, rtol=0)
+    rms = raw.pow(2).mean(1, keepdim=True).sqrt()
+    torch.testing.assert_close(out, raw / rms, atol=1e-5, rtol=1e-5)
+    assert res.scale_factor == pytest.approx(1.0 / float(rms.median()), rel=1e-5)
+
+
 def test_global_normalisation_hits_target_std(vl):
     for target in (61.0, 10.0):
-        res = vl.extract(_image(), PROMPT, target_std=target)
+        res = vl.extract(_image(), PROMPT, target_std=target, normalization="global")
         assert res.scaled_std == pytest.approx(target, rel=1e-4)
         assert float(res.embeddings.std()) == pytest.approx(target, rel=1e-4)
         assert res.scale_factor == pytest.approx(target / res.original_std, rel=1e-6)
