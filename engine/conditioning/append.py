@@ -19,12 +19,12 @@ import torch
 from engine.conditioning.normalize import match_rows
 from engine.conditioning.sequence import (
     check_alpha,
-    check_int,
     check_matrix,
     compute_dtype,
     pool_sequence,
     resample_linear,
 )
+from engine.limits import LIMITS
 from engine.types import MAX_CAPTION_LEN
 
 __all__ = ["append_count", "blend_append", "blend_replace", "pool_grid"]
@@ -103,7 +103,7 @@ def blend_append(vl: torch.Tensor, text: torch.Tensor, alpha: float, image_mask:
     """
     text = check_matrix(text, "text")
     vl = check_matrix(vl, "vl").to(device=text.device, dtype=compute_dtype(text.dtype))
-    a, k_max = check_alpha(alpha), check_int(append_tokens, "append_tokens", 1)
+    a, k_max = check_alpha(alpha), LIMITS["append_tokens"].check(append_tokens)  # the one bound (engine.limits)
     mask = _check_image_mask(image_mask, vl.shape[0], vl.device)
     image = vl[mask]
     k = append_count(a, k_max, text.shape[0], image.shape[0])

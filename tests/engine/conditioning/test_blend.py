@@ -549,3 +549,17 @@ def test_append_alpha_changes_row_direction_so_it_survives_rms_norm():
     low = rms_normed(blend_append(vl, text, 0.2, mask, append_tokens=4)[5:])
     high = rms_normed(blend_append(vl, text, 0.8, mask, append_tokens=4)[5:])
     assert (low - high).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("bad", [0, 1025, 1504, "x", 2.5])
+def test_append_tokens_has_one_bound(bad):
+    """Issue 14: the blend, check_inputs and the settings all use engine.limits' one bound (check_inputs allowed 1504
+    while the settings allowed 1024)."""
+    from engine.generation.checks import check_request
+    from engine.types import StylizeRequest
+
+    vl, text = torch.randn(20, 4), torch.randn(3, 4)
+    with pytest.raises(ValueError, match=r"^append_tokens must be (a whole number )?between 1 and 1024"):
+        blend(vl, text, 0.5, "append", image_mask=[True] * 20, append_tokens=bad)
+    with pytest.raises(ValueError, match=r"^append_tokens must be (a whole number )?between 1 and 1024"):
+        check_request(StylizeRequest(prompt="x", append_tokens=bad), text_layers=8, vl_layers=8)
