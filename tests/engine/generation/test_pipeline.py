@@ -113,6 +113,7 @@ def test_img2img_stylize_is_deterministic(pipe):
     a = pipe(req)
     b = pipe(req)
     assert a.params["mode"] == "img2img" and a.params["denoise_steps"] == 3 and a.params["init_image_size"] == [80, 48]
+    assert a.params["start_sigma"] == pytest.approx(0.9, abs=1e-5)  # strength is the start noise level (issue 14)
     assert [_bytes(i) for i in a.images] == [_bytes(i) for i in b.images]
     assert a.images[0].size == (48, 32)
     single = pipe(req.replace(seeds=(6,)))
