@@ -47,13 +47,14 @@ BLEND_MODES: dict[BlendMode, tuple[str, str]] = {
     BlendMode.POOL: (
         "default: averages the whole reference into the prompt",
         "Averages the whole reference, band by band, and mixes it into the prompt. Every part of the image counts; "
-        "fine detail is averaged away, colours and overall look are kept. The default and the best all-rounder.",
+        "fine detail is averaged away, colours and overall look are kept. The default and the best all-rounder. "
+        "Style weight sets the reference's share of every prompt token, the same for short and long prompts.",
     ),
     BlendMode.APPEND: (
         "adds the reference as extra tokens after the prompt",
-        "Leaves your prompt untouched and adds a few dozen summary tokens of the reference after it, like "
-        "Midjourney's --sref. The prompt's content is never overwritten; style weight moves the extra tokens from "
-        "'like the prompt' to 'like the reference'.",
+        "Leaves your prompt untouched and adds summary tokens of the reference after it, like Midjourney's --sref: "
+        "each token averages one rectangle of the image. Style weight sets how many are added (none near 0, up to "
+        "64 at 1000), so the prompt's content is never overwritten and a low weight changes little.",
     ),
     BlendMode.LINEAR: (
         "mixes position by position (reads only a top-left strip)",
@@ -68,7 +69,8 @@ BLEND_MODES: dict[BlendMode, tuple[str, str]] = {
     BlendMode.ADAIN: (
         "re-styles each prompt token with reference statistics",
         "Keeps the direction of each prompt token and only borrows a shift and a scale from the averaged "
-        "reference. Content is kept; the visible style change is small.",
+        "reference. The image model normalises every token, so at most one number per token reaches it: content "
+        "is kept and almost no style transfers. Kept for comparison; not in /blendmode compare's default set.",
     ),
     BlendMode.ADAIN_PER_DIM: (
         "re-styles each feature with whole-image statistics: colour transfer",
@@ -77,8 +79,15 @@ BLEND_MODES: dict[BlendMode, tuple[str, str]] = {
     ),
     BlendMode.STYLE_DELTA: (
         "adds reference minus a grey image (keep the weight low)",
-        "Adds what makes the reference different from a plain grey image. Strong: it can wipe out the prompt's "
-        "content at style weight 200 or more, so keep it low.",
+        "Adds what makes the reference different from a plain grey image (only where the image acts: the rest of "
+        "the difference is exactly zero). Strong: it can wipe out the prompt's content at style weight 200 or "
+        "more, so keep it low.",
+    ),
+    BlendMode.REPLACE: (
+        "uses the reference's whole sequence as the prompt (reconstructs the scene)",
+        "Replaces the prompt with the reference's own sequence as the model reads it, the seed's 'alpha 1': at "
+        "style weight 1000 the caption is the reference (it tends to redraw the reference's scene); lower weights "
+        "shorten it and mix it back towards your prompt.",
     ),
 }
 

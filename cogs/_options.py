@@ -43,7 +43,7 @@ DESCRIBE = {
     "seed": "Seed for a reproducible image (default random)",
     "steps": "Denoising steps (default 9)",
     "size": "Aspect ratio and size of the output, about one megapixel",
-    "strength": "Start from the reference itself (img2img): 0.05 keeps it, 1.0 redraws it",
+    "strength": "Img2img from the reference: noise level to start from (0.05 keeps it, 0.9 keeps a trace, 1 redraws)",
     "preset": "A server preset to start from",
     "private": "Only you see the result",
     "style": "A style code from an earlier result (e.g. ab12cd34), instead of attaching the image",

@@ -168,7 +168,7 @@ class EngineSettings(BaseSettings):
     blend_mode: BlendMode = Field(BlendMode.POOL, description="how VL states are blended into the prompt")
     hidden_layer: int = _bounded(-6, "layer", "Qwen3-VL hidden layer, counted from the end")
     tokens: TokenMode = Field(TokenMode.FULL, description="which VL positions to keep")
-    normalization: Normalization = Field(Normalization.GLOBAL, description="VL rescaling towards text statistics")
+    normalization: Normalization = Field(Normalization.ROW_RMS, description="VL rescaling towards text statistics")
     target_std: float = _bounded(61.0, "target_std", "std the global normalisation scales VL states to")
     outlier_mode: OutlierMode = Field(OutlierMode.NONE, description="outlier-dimension masking")
     outlier_threshold: float = _bounded(10.0, "outlier_threshold", "std-ratio threshold for outlier masking")

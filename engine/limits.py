@@ -96,7 +96,7 @@ LIMITS: dict[str, Bound] = _table(
     Bound("steps", int, 1, 100, description="denoising steps"),
     # 0.05 is the floor /stylize has always offered; the engine shares it so that no request the bot accepts meets
     # a different rule later (and none the engine accepts is refused by a button that replays it).
-    Bound("strength", float, 0.05, 1.0, description="img2img strength: 0.05 keeps the reference, 1 redraws it"),
+    Bound("strength", float, 0.05, 1.0, description="img2img start noise level: the reference keeps 1 - strength of the start image"),
     Bound("prompt", str, 1, 1500, description="what to draw"),
     # The DiT's positions would allow 8192 px; the limit is about memory and time.
     Bound("width", int, 16, 2048, multiple_of=16, description="output width in pixels"),
@@ -105,5 +105,5 @@ LIMITS: dict[str, Bound] = _table(
     Bound("shift", float, 0.0, 20.0, lo_open=True, description="flow-matching scheduler shift"),
     Bound("target_std", float, 0.0, 10000.0, lo_open=True, description="std the global normalisation scales to"),
     Bound("outlier_threshold", float, 1.0, 10000.0, lo_open=True, description="std ratio that marks an outlier"),
-    Bound("append_tokens", int, 1, 1024, description="pooled reference tokens blend mode append adds"),
+    Bound("append_tokens", int, 1, 1024, description="reference rows blend mode append adds at alpha 1 (round(alpha*K) at alpha)"),
 )

@@ -46,7 +46,11 @@ class TokenMode(_Choice):
 class Normalization(_Choice):
     """How VL hidden states are rescaled towards the statistics of the Qwen3 text encoder."""
 
-    GLOBAL = "global"  #: one multiplicative factor so the overall std equals ``target_std``
+    #: (default) each row to unit RMS at extraction; at the blend, each VL row the DiT reads is scaled to the median
+    #: RMS of the prompt's content rows, so alpha is the VL share of every row whatever the prompt length, image
+    #: budget and token mode (the DiT RMS-normalises caption rows: only directions and relative scales matter)
+    ROW_RMS = "row_rms"
+    GLOBAL = "global"  #: the seed's: one multiplicative factor so the overall std equals ``target_std``
     PER_DIM = "per_dim"  #: z-score each dimension, clip at 3 sigma, map onto reference per-dimension mean/std
     HYBRID = "hybrid"  #: the average of ``global`` and ``per_dim``
     NONE = "none"  #: raw hidden states (same as ``scale_to_text=False``)
@@ -57,6 +61,7 @@ class OutlierMode(_Choice):
 
     NONE = "none"
     ZERO = "zero"  #: set the column to 0
+    MEAN = "mean"  #: set the column to the reference's content mean (what a text row holds there)
     CLAMP = "clamp"  #: bound each value to the reference band (mean +/- t * ref_std)
     SCALE = "scale"  #: rescale the whole column so its std sits on the band's edge
 
@@ -69,7 +74,6 @@ class OutlierDirection(_Choice):
 
 class BlendMode(_Choice):
     """How the VL sequence is mixed into the text embedding. See ``engine.conditioning.blend`` for each formula."""
-
     LINEAR = "linear"
     INTERPOLATE = "interpolate"
     ADAIN = "adain"
@@ -77,11 +81,11 @@ class BlendMode(_Choice):
     STYLE_DELTA = "style_delta"
     POOL = "pool"
     APPEND = "append"
+    REPLACE = "replace"
 
 
 class FitMode(_Choice):
     """How a caption longer than the DiT's limit (1504 positions) is brought under it."""
-
     TRUNCATE = "truncate"
     INTERPOLATE = "interpolate"
     POOL = "pool"
@@ -99,12 +103,8 @@ MAX_CAPTION_LEN = 1504
 
 
 def style_weight_to_alpha(style_weight: float) -> float:
-    """Map a Midjourney-like style weight (0-1000, default 100) onto the blend alpha (0-1).
-
-    Piecewise linear and monotonic: ``0 -> 0``, ``100 -> 0.3`` (the seed's "slight style" default), ``1000 -> 1.0``
-    (the reference dominates). So ``sw`` in 0..100 gives ``alpha = 0.003 * sw`` and ``sw`` in 100..1000 gives
-    ``alpha = 0.3 + 0.7 * (sw - 100) / 900``. Raises ``ValueError`` outside 0..1000.
-    """
+    """Midjourney-like style weight (0-1000, default 100) → blend alpha (0-1), piecewise linear: ``0 -> 0``,
+    ``100 -> 0.3`` (the seed's "slight style"), ``1000 -> 1``; ``ValueError`` outside 0..1000."""
     sw = float(style_weight)
     if not 0.0 <= sw <= 1000.0:
         raise ValueError(f"style_weight must be between 0 and 1000; got {style_weight!r}")
@@ -138,19 +138,53 @@ def parse_hidden_layer(value: Any) -> int | tuple[LayerWeight, ...]:
     return int(value)
 
 
+def merge_layer_weights(pairs: Any) -> list[tuple[int, float]]:
+    """``[(layer, weight)]`` canonical (the one rule of ``tokens.parse_layers`` and the keys): repeats added, zero
+    weights dropped, normalised to sum 1 (12 digits: ``(2, 2)`` is ``(1, 1)``), last layer first."""
+    weights: dict[int, float] = {}
+    for layer, weight in pairs:
+        weights[int(layer)] = weights.get(int(layer), 0.0) + float(weight)
+    total = sum(weights.values())
+    if total <= 0:
+        raise ValueError("hidden_layer weights must not all be 0")
+    return [(layer, round(w / total, 12)) for layer, w in sorted(weights.items(), reverse=True) if w > 0]
+
+
+def canonical_layers(hidden_layer: Any) -> int | list[list[float]]:
+    """``-6``, ``[LayerWeight(-6)]`` and ``[(-6, 2.0)]`` are all ``-6``; a mix is ``[[layer, weight], ...]``."""
+    items = [hidden_layer] if isinstance(hidden_layer, LayerWeight) else hidden_layer
+    if not isinstance(items, (list, tuple)):
+        return int(items)
+    merged = merge_layer_weights((i.layer, i.weight) if isinstance(i, LayerWeight) else (i, 1.0)
+                                 if isinstance(i, int) else i for i in items)
+    return merged[0][0] if len(merged) == 1 else [[layer, w] for layer, w in merged]
+
+
+#: Token modes whose rows all precede the prompt in the causal VL sequence: prompt-free (bit-exact), so extracted
+#: from the image alone.
+PROMPT_FREE_TOKENS = ("image", "image_no_markers")
+
+
+def applicable_vl_settings(normalization: Any, target_std: Any, outlier_mode: Any, outlier_threshold: Any,
+                           outlier_direction: Any) -> dict[str, Any]:
+    """The normalisation/outlier settings that apply: ``target_std`` under global/hybrid only, threshold and
+    direction with masking only (one home for the VL cache record and :meth:`StylizeRequest.vl_settings`)."""
+    norm, mode = Normalization.parse(normalization, "normalization"), OutlierMode.parse(outlier_mode, "outlier_mode")
+    out: dict[str, Any] = {"normalization": norm.value, "outlier_mode": mode.value}
+    if norm in (Normalization.GLOBAL, Normalization.HYBRID):
+        out["target_std"] = float(target_std)
+    if mode is not OutlierMode.NONE:
+        out["outlier_threshold"] = float(outlier_threshold)
+        out["outlier_direction"] = OutlierDirection.parse(outlier_direction, "outlier_direction").value
+    return out
+
+
 @dataclass
 class VLResult:
-    """What Qwen3-VL extraction returns.
-
-    Attributes:
-        embeddings: ``[L, D]`` float32 on the CPU, after token selection, masking and normalisation.
-        kinds: one :class:`PositionKind` value per row of ``embeddings``.
-        image_span: ``(start, end)`` row indices of the image tokens in ``embeddings`` (end exclusive, markers
-            excluded), or ``None`` when no image tokens were kept.
-        original_std / scaled_std / scale_factor: the std before and after normalisation, and the global factor.
-        masked_dimensions / masked_ratios: dimensions changed by outlier masking and their std ratios.
-        settings: every setting that produced the tensor (layers, tokens, normalisation, ...), JSON-safe.
-    """
+    """What Qwen3-VL extraction returns: ``embeddings`` ``[L, D]`` float32 CPU (selected, normalised, masked);
+    ``kinds``, one :class:`PositionKind` per row; ``image_span``, the image rows ``(start, end)`` (end exclusive,
+    markers excluded) or ``None``; the std before/after normalisation and its factor; the dimensions outlier masking
+    changed and their ratios; ``settings``, everything that produced the tensor (JSON-safe)."""
 
     embeddings: torch.Tensor
     kinds: list[str]
@@ -198,10 +232,10 @@ class VLResult:
         )
 
 
-#: The request fields a Qwen3-VL extraction depends on besides the reference, its text and the text layer: the one
-#: list that :meth:`StylizeRequest.vl_identity` covers and :func:`engine.cache.keys.default_vl_key` hashes.
+#: The request fields an extraction may depend on (besides pixels and text layer): :meth:`StylizeRequest.vl_settings`
+#: reads these and keeps what applies; vl_identity and both VL cache keys derive from it.
 VL_FIELDS = ("hidden_layer", "tokens", "normalization", "target_std", "outlier_mode", "outlier_threshold",
-             "outlier_direction")
+             "outlier_direction", "blend_mode", "prompt", "vl_text", "think")
 
 
 @dataclass(frozen=True)
@@ -220,7 +254,7 @@ class StylizeRequest:
     blend_mode: BlendMode = BlendMode.POOL
     hidden_layer: int | tuple[LayerWeight, ...] = -6
     tokens: TokenMode = TokenMode.FULL
-    normalization: Normalization = Normalization.GLOBAL
+    normalization: Normalization = Normalization.ROW_RMS
     target_std: float = 61.0
     outlier_mode: OutlierMode = OutlierMode.NONE
     outlier_threshold: float = 10.0
@@ -238,19 +272,32 @@ class StylizeRequest:
     guidance_scale: float = 0.0
     shift: float = 3.0
 
+    def vl_settings(self) -> dict[str, Any]:
+        """What the extraction depends on besides the pixels, canonical and JSON-safe: ``layers``, ``tokens``, the
+        :func:`applicable_vl_settings` (``style_delta`` takes raw states unless the normalisation is row-local, so an
+        image-independent row gives δ = 0), ``text`` (``vl_text`` or the prompt;
+        ``None`` for :data:`PROMPT_FREE_TOKENS` and for ``append`` under a row-local normalisation) and ``think``
+        (VL's think block, with a text only). The extraction runs with exactly these; every key derives from them."""
+        f = {name: getattr(self, name) for name in VL_FIELDS}
+        mode = BlendMode.parse(f["blend_mode"], "blend_mode")
+        norm = Normalization.parse(f["normalization"], "normalization")
+        row_local = norm in (Normalization.ROW_RMS, Normalization.NONE)  # each row's factor its own
+        norm = Normalization.NONE if mode is BlendMode.STYLE_DELTA and not row_local else norm  # audit #18
+        out = {"layers": canonical_layers(f["hidden_layer"]), "tokens": TokenMode.parse(f["tokens"], "tokens").value,
+               **applicable_vl_settings(norm, f["target_std"], f["outlier_mode"], f["outlier_threshold"],
+                                        f["outlier_direction"])}
+        image_only = out["tokens"] in PROMPT_FREE_TOKENS or (mode is BlendMode.APPEND and row_local)
+        text = f["vl_text"] if f["vl_text"] is not None else f["prompt"]
+        out["text"] = None if image_only or not text else str(text)
+        out["think"] = bool(f["think"]) and out["text"] is not None
+        return out
+
     def vl_identity(self) -> tuple:
-        """Everything a Qwen3-VL extraction depends on within one process: equal tuples give the same
-        :class:`VLResult`. The reference by object identity (one decoded image per job or run), the VL text, the
-        layer(s), the token mode, normalisation, target std, outlier settings, and the text layer (per-dimension
-        normalisation and masking compare against the text encoder's statistics at that layer). Not alpha nor the
-        blend mode. (The durable cache key, with pixels and model identity, is ``engine.cache.keys.pipeline_vl_key``.)
-        """
-        layer = self.hidden_layer
-        if not isinstance(layer, int):
-            layer = tuple((lw.layer, lw.weight) for lw in layer)
-        return (id(self.reference), self.vl_text if self.vl_text is not None else self.prompt, layer, str(self.tokens),
-                str(self.normalization), float(self.target_std), str(self.outlier_mode),
-                float(self.outlier_threshold), str(self.outlier_direction), self.text_layer)
+        """Equal tuples give the same :class:`VLResult` in one process: the reference by object identity,
+        :meth:`vl_settings`, and the text layer when statistics are compared against. (The durable key, with pixels
+        and model identity, is ``engine.cache.keys.pipeline_vl_key``.)"""
+        items = tuple(sorted((k, repr(v)) for k, v in self.vl_settings().items()))
+        return (id(self.reference), items, self.text_layer if self.uses_reference_stats else None)
 
     @property
     def uses_reference_stats(self) -> bool:
@@ -310,17 +357,9 @@ class StylizeRequest:
 
 @dataclass
 class StylizeResult:
-    """What one :class:`StylizeRequest` produced.
-
-    Attributes:
-        images: one RGB PIL image per seed, in seed order.
-        seeds: the seeds actually used.
-        params: the request's :meth:`StylizeRequest.record` plus derived values (alpha, caption length, shift, ...).
-        timings: seconds per stage (``vl``, ``text``, ``blend``, ``denoise``, ``decode``, ``total``).
-        vl: the VL extraction's metadata (``VLResult.metadata()``), or ``None`` for a pure-text request.
-        stats: embedding statistics (text std, blended std, caption length).
-        scores: the first image's scores (:mod:`engine.scoring`), when it was scored (a sweep's cells).
-    """
+    """What one :class:`StylizeRequest` produced: one RGB image per seed (seed order), the seeds, ``params`` (its
+    :meth:`~StylizeRequest.record` plus derived values: alpha applied, lengths, shift, start sigma, ...), seconds per
+    stage, the VL metadata (``None`` for pure text), embedding statistics, the first image's scores (a sweep's)."""
 
     images: list[Image.Image]
     seeds: list[int]

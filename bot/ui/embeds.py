@@ -101,7 +101,7 @@ def parameter_fields(resolved: Mapping[str, Any], *, strength: float | None = No
         ("Size", size_name(int(resolved["width"]), int(resolved["height"]))),
         ("Img2img strength", "off (txt2img)" if strength is None else f"{strength:g}"),
     ]
-    extra = [("Normalization", resolved.get("normalization"), "global"),
+    extra = [("Normalization", resolved.get("normalization"), "row_rms"),
              ("Outliers", resolved.get("outlier_mode"), "none"),
              ("Guidance", resolved.get("guidance_scale"), 0.0)]
     out += [(name, str(value)) for name, value, usual in extra if value is not None and value != usual]

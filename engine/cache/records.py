@@ -20,13 +20,24 @@ from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any
 
-from engine.types import LayerWeight, Normalization, OutlierDirection, OutlierMode, TokenMode
+from engine.types import (
+    LayerWeight,
+    Normalization,
+    OutlierDirection,
+    OutlierMode,
+    TokenMode,
+    applicable_vl_settings,
+    canonical_layers,
+)
 
-__all__ = ["RECORD_VERSION", "cache_key", "canonical_json", "check_key", "is_cache_key", "ref_stats_cache_record",
+__all__ = ["RECORD_VERSION", "VL_RECORD_VERSION", "cache_key", "canonical_json", "check_key", "is_cache_key", "ref_stats_cache_record",
            "text_cache_record", "vl_cache_record"]
 
 #: Bump to invalidate every existing key (part of each record).
 RECORD_VERSION = 1
+#: VL extractions and reference statistics: 2 since issue 14 (canonical keys, per-row layer mixing, content-token
+#: statistics, masking after normalisation: the tensors of version 1 are not those of version 2).
+VL_RECORD_VERSION = 2
 
 _KEY_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -74,44 +85,36 @@ def cache_key(record: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(record).encode("utf-8")).hexdigest()
 
 
-def _layers(layers: int | Sequence[LayerWeight | Sequence[float]]) -> int | list[list[float]]:
-    if isinstance(layers, int) and not isinstance(layers, bool):
-        return int(layers)
-    out = []
-    for item in layers:
-        layer, weight = (item.layer, item.weight) if isinstance(item, LayerWeight) else item
-        out.append([int(layer), float(weight)])
-    if not out:
-        raise ValueError("layers must name at least one layer")
-    return out
-
-
 def vl_cache_record(
-    *, image_fingerprint: str, text: str, layers: int | Sequence[LayerWeight | Sequence[float]],
+    *, image_fingerprint: str, text: str | None, layers: int | Sequence[LayerWeight | Sequence[float]],
     token_mode: TokenMode | str, normalization: Normalization | str, target_std: float,
     outlier_mode: OutlierMode | str, outlier_threshold: float, outlier_direction: OutlierDirection | str,
     image_token_budget: int | None, model_identity: str, reference_stats: str | None = None, dtype: str | None = None,
+    think: bool = False,
 ) -> dict[str, Any]:
-    """The record of a Qwen3-VL extraction (:class:`~engine.types.VLResult`).
+    """The record of a Qwen3-VL extraction (:class:`~engine.types.VLResult`), canonical (issue 14):
 
-    ``layers`` is one layer (``-6``) or ``[LayerWeight | (layer, weight), ...]``; ``image_token_budget`` the
-    processor's pixel/token limit (``None``: the processor default); ``reference_stats`` the cache key (or another
-    stable id) of the reference statistics that per-dimension normalisation or outlier masking compared against;
-    ``dtype`` the compute dtype. Settings that do not matter under the chosen mode are kept anyway: an unneeded
-    miss costs one extraction, a wrong hit costs a wrong image.
+    * ``layers`` through :func:`~engine.types.canonical_layers`: ``-6``, ``[LayerWeight(-6)]`` and ``[(-6, 2)]``
+      are one key, and ``(2, 2)`` is ``(1, 1)``;
+    * :func:`~engine.types.applicable_vl_settings`: ``target_std`` only under global/hybrid, the outlier threshold
+      and direction only when masking is on;
+    * ``text`` is what Qwen3-VL read with the image (``None`` for a prompt-free extraction,
+      ``StylizeRequest.vl_settings``), ``think`` whether its template had the think block.
+
+    ``image_token_budget`` is the processor's token limit (``None``: its default); ``reference_stats`` the key of
+    the statistics compared against; ``dtype`` the compute dtype.
     """
+    if not isinstance(layers, int) and not layers:
+        raise ValueError("layers must name at least one layer")
     return {
-        "v": RECORD_VERSION,
+        "v": VL_RECORD_VERSION,
         "kind": "vl",
         "image": str(image_fingerprint),
-        "text": str(text),
-        "layers": _layers(layers),
+        "text": None if text is None else str(text),
+        "think": bool(think) and text is not None,
+        "layers": canonical_layers(layers),
         "tokens": TokenMode.parse(token_mode, "token_mode").value,
-        "normalization": Normalization.parse(normalization, "normalization").value,
-        "target_std": float(target_std),
-        "outlier_mode": OutlierMode.parse(outlier_mode, "outlier_mode").value,
-        "outlier_threshold": float(outlier_threshold),
-        "outlier_direction": OutlierDirection.parse(outlier_direction, "outlier_direction").value,
+        **applicable_vl_settings(normalization, target_std, outlier_mode, outlier_threshold, outlier_direction),
         "image_token_budget": None if image_token_budget is None else int(image_token_budget),
         "model": str(model_identity),
         "reference_stats": reference_stats,
@@ -147,7 +150,7 @@ def ref_stats_cache_record(
     """The record of the reference statistics (per-dimension mean/std of the text encoder's hidden states over
     ``prompts`` at ``layer``) used by per-dimension normalisation and outlier masking."""
     return {
-        "v": RECORD_VERSION,
+        "v": VL_RECORD_VERSION,  # v2: content tokens only (no template rows, no sink)
         "kind": "ref_stats",
         "model": str(model_identity),
         "layer": int(layer),

@@ -97,7 +97,7 @@ def _add_stylize(sub) -> None:
     g.add_argument("--layer", "--vl-hidden-layer", dest="layer", metavar="LAYER",
                    help="Qwen3-VL hidden layer from the end (-6), or a mix like -6+-8 or -6:0.7+-8:0.3")
     g.add_argument("--tokens", help="VL positions kept: " + _choices(TokenMode) + " (full)")
-    g.add_argument("--normalization", help=_choices(Normalization) + " (global)")
+    g.add_argument("--normalization", help=_choices(Normalization) + " (row_rms)")
     g.add_argument("--outlier-mode", help=_choices(OutlierMode) + " (none)")
     g.add_argument("--append-tokens", type=int, help="pooled image tokens added by mode append (64)")
     g.add_argument("--steps", type=int, help="denoising steps (9)")

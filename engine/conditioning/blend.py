@@ -14,14 +14,21 @@ adain          per-token AdaIN of text, then lerp          stats of VL pooled to
 adain_per_dim  per-dimension AdaIN of text, then lerp      stats over all VL rows            all (2 numbers/dim)
 style_delta    text + a*rescaled(pool(vl) - pool(neutral)) area pooling                      all
 pool           a*pool(vl) + (1-a)*text                     area pooling                      all, averaged
-append         concat(text, a*pool(image rows, k))         text untouched; k rows appended   all, averaged to k
+append         concat(text, pool2d(image rows, round(a*K))) text untouched; a*K rows appended all, 2-D area pooled
+replace        a*pool(vl, n) + (1-a)*resample(text, n)     n from len(text) (a=0) to L_vl    all (the seed's a=1)
 ============== =========================================== ================================= =====================
+
+``row_scale`` (given by the pipeline under the default ``row_rms`` normalisation, :mod:`engine.conditioning.normalize`):
+every VL row a mode mixes in (pooled, resampled, truncated, restyled, appended) is first scaled to this RMS, the
+median of the prompt's content rows, so ``alpha`` is the VL share of a typical row whatever the prompt length, image
+budget or token mode. Without it (``global``, ``per_dim``, ...) the rows keep the extraction's scale, as the seed.
 
 Common rules (every mode, through :func:`blend` or called directly): arguments are ``(vl, text, alpha, ...)``
 (the seed's AdaIN functions took ``(text, vl)``); ``alpha`` must lie in ``[0, 1]``; ``alpha == 0`` returns a copy
 of ``text`` (``torch.equal`` to it, no appended rows); the result has ``text``'s dtype and device (VL is cast to
 them; the seed cast in some functions and not others), and is computed in float32 (float64 for float64 text) before
-the final cast. Every mode but ``append`` returns exactly ``len(text)`` rows at every alpha.
+the final cast. Every mode but ``append`` and ``replace`` (in :mod:`engine.conditioning.append`) returns exactly
+``len(text)`` rows at every alpha.
 
 The resampling and per-dimension helpers (:func:`pool_sequence`, :func:`resample_linear`, :func:`fit_caption`,
 :func:`mask_outliers`) live in :mod:`engine.conditioning.sequence`; import them from there.
@@ -29,15 +36,16 @@ The resampling and per-dimension helpers (:func:`pool_sequence`, :func:`resample
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from engine.conditioning.append import blend_append, blend_replace
+from engine.conditioning.normalize import match_rows, row_rms
 from engine.conditioning.sequence import (
     STD_EPS,
-    check_int,
+    check_alpha,
     check_matrix,
     compute_dtype,
     pool_sequence,
@@ -55,6 +63,7 @@ __all__ = [
     "blend_style_delta",
     "blend_pool",
     "blend_append",
+    "blend_replace",
     "embedding_stats",
 ]
 
@@ -62,16 +71,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------------------
 # argument checks
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _check_alpha(alpha: Any) -> float:
-    try:
-        a = float(alpha)
-    except (TypeError, ValueError):
-        raise ValueError(f"alpha must be between 0 and 1; got {alpha!r}") from None
-    if math.isnan(a) or not 0.0 <= a <= 1.0:
-        raise ValueError(f"alpha must be between 0 and 1; got {alpha!r}")
-    return a
 
 
 def _check_pair(vl: Any, text: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,12 +86,14 @@ def _check_pair(vl: Any, text: Any) -> tuple[torch.Tensor, torch.Tensor]:
 def _prepare(vl: Any, text: Any, alpha: Any) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Check the common arguments; return VL and text in the compute dtype on text's device, and alpha."""
     vl, text = _check_pair(vl, text)
-    a = _check_alpha(alpha)
+    a = check_alpha(alpha)
     dtype = compute_dtype(text.dtype)
     return vl.to(device=text.device, dtype=dtype), text.to(dtype), a
 
 
-def _lerp(text: torch.Tensor, other: torch.Tensor, alpha: float) -> torch.Tensor:
+def _lerp(text: torch.Tensor, other: torch.Tensor, alpha: float, row_scale: float | None = None) -> torch.Tensor:
+    if row_scale is not None:
+        other = match_rows(other, row_scale)
     return alpha * other + (1.0 - alpha) * text
 
 
@@ -101,7 +102,8 @@ def _lerp(text: torch.Tensor, other: torch.Tensor, alpha: float) -> torch.Tensor
 # --------------------------------------------------------------------------------------------------------------
 
 
-def blend_linear(vl: torch.Tensor, text: torch.Tensor, alpha: float) -> torch.Tensor:
+def blend_linear(vl: torch.Tensor, text: torch.Tensor, alpha: float, *, row_scale: float | None = None
+                 ) -> torch.Tensor:
     """``linear`` (the seed's default): ``out[i] = alpha * vl[i] + (1 - alpha) * text[i]`` position by position.
 
     Length: the VL sequence is truncated to its first ``len(text)`` rows; everything after is ignored. In the
@@ -121,11 +123,12 @@ def blend_linear(vl: torch.Tensor, text: torch.Tensor, alpha: float) -> torch.Te
         return text.clone()
     n = min(vl.shape[0], text_c.shape[0])
     out = text_c.clone()
-    out[:n] = _lerp(text_c[:n], vl[:n], a)
+    out[:n] = _lerp(text_c[:n], vl[:n], a, row_scale)
     return out.to(text.dtype)
 
 
-def blend_interpolate(vl: torch.Tensor, text: torch.Tensor, alpha: float) -> torch.Tensor:
+def blend_interpolate(vl: torch.Tensor, text: torch.Tensor, alpha: float, *, row_scale: float | None = None
+                      ) -> torch.Tensor:
     """``interpolate`` (the seed's "recommended" mode): ``alpha * resample(vl) + (1 - alpha) * text``.
 
     Length: ``resample`` is :func:`resample_linear` to ``len(text)`` with ``align_corners=False``, exactly the
@@ -139,10 +142,11 @@ def blend_interpolate(vl: torch.Tensor, text: torch.Tensor, alpha: float) -> tor
     vl, text_c, a = _prepare(vl, text, alpha)
     if a == 0.0:
         return text.clone()
-    return _lerp(text_c, resample_linear(vl, text_c.shape[0]), a).to(text.dtype)
+    return _lerp(text_c, resample_linear(vl, text_c.shape[0]), a, row_scale).to(text.dtype)
 
 
-def blend_adain(vl: torch.Tensor, text: torch.Tensor, alpha: float) -> torch.Tensor:
+def blend_adain(vl: torch.Tensor, text: torch.Tensor, alpha: float, *, row_scale: float | None = None
+                ) -> torch.Tensor:
     """``adain`` (per-token AdaIN): each text row is re-styled with the mean and std of a VL row.
 
     For position ``i``, with ``mu``/``sigma`` the mean and unbiased std over the ``D`` dimensions (``sigma``
@@ -158,9 +162,11 @@ def blend_adain(vl: torch.Tensor, text: torch.Tensor, alpha: float) -> torch.Ten
     row*: averaging ~95 rows smooths token-specific variation, so ``sigma(p[i])`` is at most the mean of the
     rows' own sigmas.
 
-    What survives of the reference: two numbers per position (a shift and a scale); the direction of the VL
-    vectors, where the content lives, is discarded. The text's direction is kept (the seed's finding: content
-    kept, no visible style). ``alpha == 1`` returns ``restyled``.
+    What survives of the reference: ``restyled_i = c1·t_i + c2·1`` lies in the span of the text row and the
+    all-ones vector, and the DiT RMS-normalises each caption row, so **at most one number per row** (``c2/c1``)
+    reaches it (audit #16): the text's direction is kept and the reference cannot carry style (the seed's "content
+    kept, no visible style"). Kept for comparison; not in ``/blendmode compare``'s default set. ``alpha == 1``
+    returns ``restyled``.
     """
     vl, text_c, a = _prepare(vl, text, alpha)
     if a == 0.0:
@@ -171,10 +177,11 @@ def blend_adain(vl: torch.Tensor, text: torch.Tensor, alpha: float) -> torch.Ten
     mu_v = pooled.mean(dim=1, keepdim=True)
     sd_v = safe_std(pooled, dim=1, keepdim=True).clamp(min=STD_EPS)
     restyled = (text_c - mu_t) / sd_t * sd_v + mu_v
-    return _lerp(text_c, restyled, a).to(text.dtype)
+    return _lerp(text_c, restyled, a, row_scale).to(text.dtype)
 
 
-def blend_adain_per_dim(vl: torch.Tensor, text: torch.Tensor, alpha: float) -> torch.Tensor:
+def blend_adain_per_dim(vl: torch.Tensor, text: torch.Tensor, alpha: float, *, row_scale: float | None = None
+                        ) -> torch.Tensor:
     """``adain_per_dim``: each dimension of the text is re-styled with that dimension's VL mean and std.
 
     With ``mu``/``sigma`` the per-dimension mean and unbiased std over the *sequence* (shape ``[1, D]``, sigma
@@ -201,10 +208,11 @@ def blend_adain_per_dim(vl: torch.Tensor, text: torch.Tensor, alpha: float) -> t
     mu_v = vl.mean(dim=0, keepdim=True)
     sd_v = safe_std(vl, dim=0, keepdim=True).clamp(min=STD_EPS)
     restyled = (text_c - mu_t) / sd_t * sd_v + mu_v
-    return _lerp(text_c, restyled, a).to(text.dtype)
+    return _lerp(text_c, restyled, a, row_scale).to(text.dtype)
 
 
-def blend_style_delta(vl: torch.Tensor, text: torch.Tensor, alpha: float, neutral: torch.Tensor) -> torch.Tensor:
+def blend_style_delta(vl: torch.Tensor, text: torch.Tensor, alpha: float, neutral: torch.Tensor, *,
+                      row_scale: float | None = None) -> torch.Tensor:
     """``style_delta``: add to the text the difference between the reference and a neutral image.
 
     ``neutral`` is the VL extraction (same settings) of a mid-gray (128, 128, 128) image of the reference's size.
@@ -237,11 +245,16 @@ def blend_style_delta(vl: torch.Tensor, text: torch.Tensor, alpha: float, neutra
     n = text_c.shape[0]
     neutral_c = neutral.to(device=text_c.device, dtype=text_c.dtype)
     delta = pool_sequence(vl, n) - pool_sequence(neutral_c, n)
-    delta = delta / safe_std(delta).clamp(min=STD_EPS) * safe_std(text_c)
+    if row_scale is None:
+        delta = delta / safe_std(delta).clamp(min=STD_EPS) * safe_std(text_c)
+    else:  # one factor (rows that cannot depend on the image stay 0): the delta's median row at the content RMS
+        rms = row_rms(delta)
+        delta = delta * (row_scale / float(rms[rms > 0].median())) if bool((rms > 0).any()) else delta
     return (text_c + a * delta).to(text.dtype)
 
 
-def blend_pool(vl: torch.Tensor, text: torch.Tensor, alpha: float) -> torch.Tensor:
+def blend_pool(vl: torch.Tensor, text: torch.Tensor, alpha: float, *, row_scale: float | None = None
+               ) -> torch.Tensor:
     """``pool`` (new; the default): ``alpha * pool_sequence(vl, len(text)) + (1 - alpha) * text``.
 
     Length: the whole VL sequence is area-pooled (anti-aliased average, see :func:`pool_sequence`) to
@@ -254,67 +267,7 @@ def blend_pool(vl: torch.Tensor, text: torch.Tensor, alpha: float) -> torch.Tens
     vl, text_c, a = _prepare(vl, text, alpha)
     if a == 0.0:
         return text.clone()
-    return _lerp(text_c, pool_sequence(vl, text_c.shape[0]), a).to(text.dtype)
-
-
-def _check_image_mask(image_mask: Any, length: int, device: torch.device) -> torch.Tensor:
-    if image_mask is None:
-        raise ValueError(
-            "image_mask is required for blend_mode append (a [L_vl] bool mask of the image rows of vl); got None"
-        )
-    try:
-        mask = torch.as_tensor(image_mask, device=device)
-    except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"image_mask must be a [L_vl] bool mask; got {type(image_mask).__name__}") from None
-    if mask.dtype != torch.bool:
-        raise ValueError(f"image_mask must be a bool mask; got dtype {mask.dtype}")
-    if mask.dim() != 1 or mask.shape[0] != length:
-        raise ValueError(f"image_mask must have shape [L_vl] = [{length}]; got {tuple(mask.shape)}")
-    if not bool(mask.any()):
-        raise ValueError("image_mask selects no image rows: a reference without image tokens cannot be appended")
-    return mask
-
-
-def blend_append(
-    vl: torch.Tensor,
-    text: torch.Tensor,
-    alpha: float,
-    image_mask: torch.Tensor | Sequence[bool] | None,
-    append_tokens: int = 64,
-) -> torch.Tensor:
-    """``append`` (new; the FLUX-Redux / Midjourney ``--sref`` idea): extra caption rows after the prompt.
-
-    ::
-
-        image = vl[image_mask]                      # the image-patch rows, markers and text excluded
-        k     = min(append_tokens, len(image))
-        t_bar = mean(text, rows)                    # [1, D]: the prompt's mean row
-        out   = concat(text, alpha * pool_sequence(image, k) + (1 - alpha) * t_bar)
-
-    Length: ``len(text) + k``; the text rows are untouched (bit-exact), so the prompt's content is never
-    overwritten, and the DiT's attention decides how much to take from the appended rows. All image tokens
-    contribute, averaged ``len(image) / k`` to a row (1024 / 64 = 16 patches, half an image row). ``alpha == 0``
-    appends nothing (the result equals ``text``). The caller fits the total under the caption limit
-    (:func:`fit_caption`).
-
-    Why the appended rows are mixed towards the prompt's mean row instead of simply multiplied by ``alpha``: the
-    Z-Image DiT RMS-normalises every caption row (``cap_embedder`` starts with an RMSNorm), which undoes any
-    scaling of a row, so ``alpha * pooled`` alone would make alpha an on/off switch. Mixing changes the rows'
-    *direction* continuously from "like the prompt" (alpha near 0) to "the reference's patches" (alpha = 1), which
-    survives the normalisation.
-
-    ``image_mask`` is a bool tensor or list of ``L_vl`` values (``VLResult.image_mask``); a missing or all-False
-    mask raises ``ValueError`` naming ``image_mask``. ``append_tokens`` must be an integer >= 1.
-    """
-    vl, text_c, a = _prepare(vl, text, alpha)
-    k = check_int(append_tokens, "append_tokens", 1)
-    mask = _check_image_mask(image_mask, vl.shape[0], vl.device)
-    if a == 0.0:
-        return text.clone()
-    image = vl[mask]
-    pooled = pool_sequence(image, min(k, image.shape[0]))
-    appended = a * pooled + (1.0 - a) * text_c.mean(dim=0, keepdim=True)
-    return torch.cat([text, appended.to(text.dtype)], dim=0)
+    return _lerp(text_c, pool_sequence(vl, text_c.shape[0]), a, row_scale).to(text.dtype)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -331,33 +284,35 @@ def blend(
     image_mask: torch.Tensor | Sequence[bool] | None = None,
     neutral: torch.Tensor | None = None,
     append_tokens: int = 64,
+    image_grid: tuple[int, int] | None = None,
+    row_scale: float | None = None,
 ) -> torch.Tensor:
     """Blend a VL sequence ``vl [L_vl, D]`` into a text embedding ``text [L_text, D]``; see the module table.
 
     ``mode`` is a :class:`~engine.types.BlendMode` or its string value; it dispatches to ``blend_<mode>``.
     ``neutral`` is used (and required) by ``style_delta`` only; ``image_mask`` and ``append_tokens`` by
-    ``append`` only; other modes ignore them. Unlike the seed's server, an unknown mode is an error, not a silent
+    ``append`` only (``image_grid``, ``(cols, rows)`` of the image rows, for its 2-D pooling); ``row_scale``, the
+    RMS every mixed-in VL row is scaled to (``row_rms``), by every mode; other modes ignore them. Unlike the seed's server, an unknown mode is an error, not a silent
     fallback to ``interpolate``. All arguments are checked before the ``alpha == 0`` short-cut, so a bad call
     fails the same way at every alpha.
 
-    Returns ``[L_out, D]`` in ``text``'s dtype and device: ``L_out = len(text)``, or ``len(text) + k`` for append.
+    Returns ``[L_out, D]`` in ``text``'s dtype and device: ``L_out = len(text)``, ``len(text) + k`` for append, up to
+    ``min(len(vl), 1504)`` for replace.
     Raises ``ValueError`` naming ``blend_mode`` (with the allowed values), ``alpha``, ``vl``, ``text``,
     ``neutral``, ``image_mask`` or ``append_tokens``.
     """
     which = BlendMode.parse(mode, "blend_mode")
-    if which is BlendMode.LINEAR:
-        return blend_linear(vl, text, alpha)
-    if which is BlendMode.INTERPOLATE:
-        return blend_interpolate(vl, text, alpha)
-    if which is BlendMode.ADAIN:
-        return blend_adain(vl, text, alpha)
-    if which is BlendMode.ADAIN_PER_DIM:
-        return blend_adain_per_dim(vl, text, alpha)
     if which is BlendMode.STYLE_DELTA:
-        return blend_style_delta(vl, text, alpha, neutral)
-    if which is BlendMode.POOL:
-        return blend_pool(vl, text, alpha)
-    return blend_append(vl, text, alpha, image_mask, append_tokens)
+        return blend_style_delta(vl, text, alpha, neutral, row_scale=row_scale)
+    if which is BlendMode.APPEND:
+        _prepare(vl, text, alpha)
+        return blend_append(vl, text, alpha, image_mask, append_tokens, image_grid=image_grid, row_scale=row_scale)
+    if which is BlendMode.REPLACE:
+        _prepare(vl, text, alpha)
+        return blend_replace(vl, text, alpha, row_scale=row_scale)
+    modes = {BlendMode.LINEAR: blend_linear, BlendMode.INTERPOLATE: blend_interpolate, BlendMode.ADAIN: blend_adain,
+             BlendMode.ADAIN_PER_DIM: blend_adain_per_dim, BlendMode.POOL: blend_pool}
+    return modes[which](vl, text, alpha, row_scale=row_scale)
 
 
 def embedding_stats(x: torch.Tensor) -> dict[str, float | int]:

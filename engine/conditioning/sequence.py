@@ -47,6 +47,17 @@ def check_matrix(x: Any, name: str) -> torch.Tensor:
     return x
 
 
+def check_alpha(alpha: Any) -> float:
+    """``alpha`` as a float in ``[0, 1]`` (``ValueError`` naming ``alpha``): the rule of every blend mode."""
+    try:
+        a = float(alpha)
+    except (TypeError, ValueError):
+        raise ValueError(f"alpha must be between 0 and 1; got {alpha!r}") from None
+    if math.isnan(a) or not 0.0 <= a <= 1.0:
+        raise ValueError(f"alpha must be between 0 and 1; got {alpha!r}")
+    return a
+
+
 def check_int(value: Any, name: str, minimum: int) -> int:
     """``value`` must be an integer (not a bool) ``>= minimum``; raise a ``ValueError`` naming ``name``."""
     if isinstance(value, bool):
@@ -267,7 +278,7 @@ def mask_outliers(
     ``reference_std`` (shape must be ``[D]``), ``reference_mean``, ``threshold`` (finite, > 1), ``mode`` or
     ``direction``.
     """
-    emb, ref_std, ref_mean, t = _check_outlier_inputs(emb, reference_std, reference_mean, threshold)
+    emb, ref_std, ref_mean, t = _check_outlier_inputs(emb, reference_std, reference_mean, threshold, mode)
     how, which = OutlierMode.parse(mode, "mode"), OutlierDirection.parse(direction, "direction")
     out = emb.clone()
     info: dict[str, Any] = {"masked_dimensions": [], "ratios": {}, "flagged_dimensions": [], "mode": how.value,
@@ -277,7 +288,7 @@ def mask_outliers(
     work, ref = emb.to(torch.float64), ref_std.clamp(min=STD_EPS)
     ratio, high, low = _flag_outliers(work, ref, t, which)
     info["flagged_dimensions"] = [int(d) for d in torch.nonzero(high | low).flatten().tolist()]
-    if how is OutlierMode.ZERO:
+    if how in (OutlierMode.ZERO, OutlierMode.MEAN):
         changed = _zero_columns(out, high | low, ref_mean)
     elif how is OutlierMode.CLAMP:
         changed = _clamp_columns(out, work, high, t * ref)
@@ -288,7 +299,7 @@ def mask_outliers(
     return out, info
 
 
-def _check_outlier_inputs(emb: Any, reference_std: Any, reference_mean: Any, threshold: Any
+def _check_outlier_inputs(emb: Any, reference_std: Any, reference_mean: Any, threshold: Any, mode: Any = None
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float]:
     """``(emb, reference_std, reference_mean, threshold)`` checked and converted (references as float64)."""
     emb = check_matrix(emb, "emb")
@@ -297,6 +308,8 @@ def _check_outlier_inputs(emb: Any, reference_std: Any, reference_mean: Any, thr
     if bool((ref_std < 0).any()):
         raise ValueError("reference_std must be non-negative")
     ref_mean = None
+    if reference_mean is None and OutlierMode.parse(mode or "none", "mode") is OutlierMode.MEAN:
+        raise ValueError("reference_mean is required for mode mean (the reference's per-dimension content mean)")
     if reference_mean is not None:
         ref_mean = _check_reference(reference_mean, "reference_mean", width, emb.device)
     try:

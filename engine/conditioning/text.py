@@ -150,7 +150,8 @@ class ReferenceStats:
     """Per-dimension mean/std of a text encoder's hidden states over :data:`REFERENCE_PROMPTS`.
 
     Attributes:
-        mean / std: ``[D]`` float32 on the CPU (std unbiased, over every non-padding position of every prompt).
+        mean / std: ``[D]`` float32 on the CPU (std unbiased, over the content tokens of every prompt:
+            ``TextEncoder.content_mask``, no chat template, no first-token sink).
         layer: the hidden-state index they describe.
         num_prompts / num_tokens: how much text they were computed from.
         key: identifies the encoder, layer and prompt set (what a cache stores them under).
@@ -299,6 +300,19 @@ class TextEncoder:
                              truncation=True, padding=False)
         return list(enc["input_ids"][0])
 
+    def content_mask(self, prompt: str, think: bool = False) -> list[bool]:
+        """``True`` for the rows of ``encode(prompt)`` that hold the prompt's own tokens: not the chat template
+        around it (found as the ids shared with the empty prompt's at both ends) and never row 0, the attention sink
+        (the seed measured massive activations at these positions)."""
+        ids, empty = self.token_ids(prompt, think), self.token_ids("", think)
+        head = 0
+        while head < min(len(ids), len(empty)) and ids[head] == empty[head]:
+            head += 1
+        tail = 0
+        while tail < min(len(ids), len(empty)) - head and ids[-1 - tail] == empty[-1 - tail]:
+            tail += 1
+        return [max(head, 1) <= i < len(ids) - tail for i in range(len(ids))]
+
     @torch.no_grad()
     def encode(self, prompts: str | Sequence[str], layer: int = -2, think: bool = False, *,
                pad_to_max_length: bool = False) -> list[torch.Tensor]:
@@ -363,7 +377,9 @@ class TextEncoder:
             hit = self._stats.get(key)
             if hit is not None:
                 return hit
-            rows = torch.cat(self.encode(list(prompts), layer=layer), dim=0)
+            # content tokens only (audit #11): no template rows, no first-token sink
+            rows = torch.cat([e[torch.tensor(self.content_mask(p))] for p, e in
+                              zip(prompts, self.encode(list(prompts), layer=layer))], dim=0)
             stats = ReferenceStats(
                 mean=rows.mean(dim=0), std=rows.std(dim=0), layer=layer, num_prompts=len(prompts),
                 num_tokens=int(rows.shape[0]), key=key, global_mean=float(rows.mean()), global_std=float(rows.std()),

@@ -1,5 +1,6 @@
-"""Pure helpers of the Qwen3-VL extraction: layer specs, the processor's token grid and the image budget,
-normalisation towards the text encoder's scale. No model, no I/O (see :mod:`engine.conditioning.vision`).
+"""Pure helpers of the Qwen3-VL extraction: layer specs, the processor's token grid and the image budget, position
+selection, the checked options. No model, no I/O (see :mod:`engine.conditioning.vision`; the normalisations are in
+:mod:`engine.conditioning.normalize`).
 """
 
 from __future__ import annotations
@@ -10,17 +11,13 @@ from typing import Any
 
 import torch
 
-from engine.types import LayerWeight, Normalization, OutlierDirection, OutlierMode, TokenMode
+from engine.types import LayerWeight, Normalization, OutlierDirection, OutlierMode, TokenMode, merge_layer_weights
 
-__all__ = ["DEFAULT_TOKEN_PIXELS", "PER_DIM_CLIP", "ExtractOptions", "budget_grid", "check_reference_stats",
-           "extract_options", "layers_record", "normalize", "parse_layers", "processor_grid", "select_positions",
-           "std_all"]
+__all__ = ["DEFAULT_TOKEN_PIXELS", "ExtractOptions", "budget_grid", "check_reference_stats", "extract_options",
+           "layers_record", "parse_layers", "processor_grid", "select_positions"]
 
 #: Pixels per VL token side: 16 px patches merged 2x2.
 DEFAULT_TOKEN_PIXELS = 32
-#: Per-dimension z-scores are clipped at this many standard deviations (``per_dim`` / ``hybrid``).
-PER_DIM_CLIP = 3.0
-_EPS = 1e-6
 
 
 # ------------------------------------------------------------------------------------------------ layer specs
@@ -33,17 +30,19 @@ def parse_layers(hidden_layer: Any, num_layers: int, name: str = "hidden_layer")
 
     Layer semantics: Qwen3-VL's DeepStack adds vision features into the first decoder layers' hidden states at the
     image positions, so early layers carry near-raw visual features and late ones (−6 and up) what the language model
-    made of them; the last layer is shaped for next-token prediction.
+    made of them; the last layer is shaped for next-token prediction. Note (transformers 5.x, audit #3): the value
+    recorded for a DeepStack layer (the first ``len(deepstack_visual_indexes)`` decoder layers: −36…−34 on the real
+    4B model, −8/−7 on the tiny one) is the layer's output *before* the visual add, while the next layer reads the
+    residual stream *with* it; from the first non-DeepStack layer on, recorded = what the next layer reads.
+    Weights are canonicalised by :func:`engine.types.merge_layer_weights` (zero weights dropped).
     """
-    weights: dict[int, float] = {}
+    pairs = []
     for item in _layer_items(hidden_layer, name):
         layer, weight = _layer_and_weight(item)
-        layer = _one_layer(layer, num_layers, name)
-        weights[layer] = weights.get(layer, 0.0) + _layer_weight(weight, name)
-    total = sum(weights.values())
-    if total <= 0:
+        pairs.append((_one_layer(layer, num_layers, name), _layer_weight(weight, name)))
+    if sum(w for _, w in pairs) <= 0:
         raise ValueError(f"{name} weights must not all be 0")
-    return [(layer, w / total) for layer, w in sorted(weights.items(), reverse=True)]
+    return merge_layer_weights(pairs)
 
 
 def _layer_items(hidden_layer: Any, name: str) -> list[Any]:
@@ -142,51 +141,6 @@ def budget_grid(width: int, height: int, max_tokens: int) -> tuple[int, int]:
     if best is None:  # max_tokens >= 1 always admits 1x1
         return 1, 1
     return best[2], best[3]
-
-
-# ------------------------------------------------------------------------------------------------ normalisation
-def normalize(x: torch.Tensor, mode: Normalization, target_std: float, reference_stats: Any = None
-              ) -> tuple[torch.Tensor, float]:
-    """Rescale ``x [L, D]`` (float32) by ``mode``; returns ``(result, scale_factor)``.
-
-    ``scale_factor`` is the multiplier for ``global``; for ``per_dim``/``hybrid`` (no single multiplier exists) it
-    is the ratio of the result's std to the input's, as an effective factor.
-    """
-    orig = std_all(x)
-    if mode is Normalization.NONE:
-        return x, 1.0
-
-    def global_scaled() -> tuple[torch.Tensor, float]:
-        if orig <= 0:
-            return x.clone(), 1.0
-        factor = float(target_std) / orig
-        return x * factor, factor
-
-    def per_dim_scaled() -> torch.Tensor:
-        ref_mean = reference_stats.mean.to(torch.float32).reshape(-1)
-        ref_std = reference_stats.std.to(torch.float32).reshape(-1)
-        mean = x.mean(dim=0, keepdim=True)
-        if x.shape[0] >= 2:
-            std = x.std(dim=0, keepdim=True).clamp(min=_EPS)
-            z = ((x - mean) / std).clamp(-PER_DIM_CLIP, PER_DIM_CLIP)
-        else:
-            z = torch.zeros_like(x)
-        return z * ref_std + ref_mean
-
-    if mode is Normalization.GLOBAL:
-        return global_scaled()
-    if mode is Normalization.PER_DIM:
-        out = per_dim_scaled()
-    else:  # HYBRID
-        out = 0.5 * per_dim_scaled() + 0.5 * global_scaled()[0]
-    return out, (std_all(out) / orig if orig > 0 else 1.0)
-
-
-def std_all(x: torch.Tensor) -> float:
-    """Unbiased std over all elements (0 for a single element)."""
-    if x.numel() < 2:
-        return 0.0
-    return float(x.std())
 
 
 def select_positions(mode: TokenMode, length: int, start: int | None, end: int | None

@@ -20,18 +20,17 @@ What :meth:`VLExtractor.extract` does, in the seed's order (seed-behaviour §1.5
    ``-1`` is the normed last layer). The seed ran the full model with logits for every position. A multi-layer
    request (``[LayerWeight(-6, 2), LayerWeight(-8, 1)]``) is one forward up to the deepest requested layer and a
    weighted mean (weights normalised to sum to 1).
-4. **Outlier masking** (optional) on the raw image-token rows (markers excluded), before token selection, with
-   :func:`engine.conditioning.sequence.mask_outliers` against the text encoder's per-dimension std (``reference_stats``, computed
-   from the configured text encoder by :meth:`engine.conditioning.text.TextEncoder.reference_stats`). ``direction`` defaults to
-   ``both``: the seed only tested over-dispersion, while the outliers it documented were under-dispersed.
-   ``zero`` sets a column to 0 as the seed did (the reference mean is not substituted).
-5. **Token selection** with one :class:`~engine.types.TokenMode` (the seed's three booleans defaulted to a
+   Several layers are mixed by :func:`~engine.conditioning.normalize.mix_layers` (each layer's rows at the same
+   scale before weighting).
+4. **Token selection** with one :class:`~engine.types.TokenMode` (the seed's three booleans defaulted to a
    conflicting, text-only combination).
-6. **Normalisation** towards the text encoder's scale: ``global`` (one factor so the std over all elements of the
-   selected tensor is ``target_std``; no centring), ``per_dim`` (z-score each dimension over the positions, clip at
-   ±3σ, map onto the reference's per-dimension mean/std; one position → every row becomes the reference mean, no
-   NaN), ``hybrid`` (the mean of both; the seed's hybrid used 61.0 whatever ``target_std`` said, ours uses
-   ``target_std``), ``none`` (or ``scale_to_text=False``): factor 1.
+5. **Normalisation** (:mod:`engine.conditioning.normalize`): ``row_rms`` (default: unit-RMS rows, matched to the
+   prompt's content rows at the blend), ``global`` (the seed's: one factor so the std over all elements is
+   ``target_std``), ``per_dim``, ``hybrid``, ``none`` (or ``scale_to_text=False``).
+6. **Outlier masking** (optional) of the normalised image rows (markers excluded) with
+   :func:`engine.conditioning.sequence.mask_outliers`, against the text encoder's content-token statistics brought
+   to the rows' scale (the seed masked raw rows, whose units the global factor then changed); ``zero`` sets a column
+   to 0, ``mean`` to the reference's content mean.
 
 Returned embeddings are float32 on the CPU whatever the model's device and dtype (the seed returned bf16 on CUDA).
 ``auto_unload=True`` frees the model after every extraction (the seed's flag of that name was never acted on); an
@@ -62,16 +61,15 @@ from engine.models.loading import (
     resolve_device,
 )
 from engine.conditioning.text import forward_to_layers
+from engine.conditioning.normalize import mix_layers, normalize, reference_scale, std_all
 from engine.conditioning.tokens import (
     ExtractOptions,
     budget_grid,
     check_reference_stats,
     extract_options,
     layers_record,
-    normalize,
     processor_grid,
     select_positions,
-    std_all,
 )
 from engine.types import LayerWeight, Normalization, OutlierDirection, OutlierMode, PositionKind, TokenMode, VLResult
 
@@ -83,6 +81,10 @@ _MARKER_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_en
                   "<|video_pad|>", "<|endoftext|>")
 
 
+#: What Qwen3's chat template appends after ``<|im_start|>assistant\n`` with ``enable_thinking=False``.
+THINK_BLOCK = "<think>\n\n</think>\n\n"
+
+
 @dataclass
 class _Forward:
     """One forward's raw output, before masking/selection/normalisation."""
@@ -92,6 +94,7 @@ class _Forward:
     image_size: tuple[int, int]
     grid: tuple[int, int]
     layers_run: int
+    think: bool = False
 
 
 class VLExtractor:
@@ -202,14 +205,18 @@ class VLExtractor:
         cols, rows = budget_grid(w, h, budget)
         return img.resize((cols * factor, rows * factor), Image.Resampling.LANCZOS)
 
-    def build_inputs(self, image: Image.Image, text: str | None = None, max_image_tokens: int | None = None):
-        """Processor inputs for ``[image, text]`` in one user message, plus the capped image."""
+    def build_inputs(self, image: Image.Image, text: str | None = None, max_image_tokens: int | None = None,
+                     think: bool = False):
+        """Processor inputs for ``[image, text]`` in one user message, plus the capped image. ``think`` appends the
+        empty think block the text encoder's ``think=True`` template ends with, so VL and text rows stay aligned."""
         img = self.cap_image(image, max_image_tokens)
         content: list[dict[str, Any]] = [{"type": "image"}]
         if text:
             content.append({"type": "text", "text": str(text)})
         messages = [{"role": "user", "content": content}]
         prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if think:
+            prompt += THINK_BLOCK
         inputs = self.processor(text=[prompt], images=[img], return_tensors="pt")
         return inputs, img
 
@@ -245,8 +252,8 @@ class VLExtractor:
     # ------------------------------------------------------------------------------------------- forward
     @torch.no_grad()
     def _forward(self, image: Image.Image, text: str | None, layers: list[tuple[int, float]],
-                 max_image_tokens: int | None) -> _Forward:
-        inputs, img = self.build_inputs(image, text, max_image_tokens)
+                 max_image_tokens: int | None, think: bool = False) -> _Forward:
+        inputs, img = self.build_inputs(image, text, max_image_tokens, think)
         with self._lock:
             model = self.model
             inputs = inputs.to(self.device)
@@ -258,23 +265,23 @@ class VLExtractor:
             if len(layers) == 1:
                 mixed = captured[layers[0][0]][0].to(torch.float32)  # exact: no multiply by 1.0
             else:
-                mixed = sum(captured[layer][0].to(torch.float32) * weight for layer, weight in layers)
+                mixed = mix_layers([(captured[layer][0].to(torch.float32), weight) for layer, weight in layers])
         ids = inputs["input_ids"][0].tolist()
         thw = inputs["image_grid_thw"][0].tolist()
         merge = int(getattr(self.processor.image_processor, "merge_size", 2))
         return _Forward(hidden=mixed.cpu(), ids=ids, image_size=img.size,
-                        grid=(int(thw[2]) // merge, int(thw[1]) // merge), layers_run=count)
+                        grid=(int(thw[2]) // merge, int(thw[1]) // merge), layers_run=count, think=think)
 
     def extract(self, image: Image.Image, text: str | None = None, *,
                 hidden_layer: int | LayerWeight | Sequence[Any] = -6, tokens: TokenMode | str = TokenMode.FULL,
-                scale_to_text: bool = True, normalization: Normalization | str = Normalization.GLOBAL,
+                scale_to_text: bool = True, normalization: Normalization | str = Normalization.ROW_RMS,
                 target_std: float = 61.0, outlier_mode: OutlierMode | str = OutlierMode.NONE,
                 outlier_threshold: float = 10.0, outlier_direction: OutlierDirection | str = OutlierDirection.BOTH,
-                reference_stats: Any = None, max_image_tokens: int | None = None) -> VLResult:
+                reference_stats: Any = None, max_image_tokens: int | None = None, think: bool = False) -> VLResult:
         """``[L, D]`` float32 CPU embeddings of ``image`` (+ ``text``), in the module docstring's order; ``ValueError``
         naming the parameter for every bad value. ``reference_stats`` (``[D]`` ``.mean``/``.std``, e.g.
         ``TextEncoder.reference_stats()``) is needed by outlier masking and ``per_dim``/``hybrid``; ``max_image_tokens``
-        overrides the extractor's budget for this call."""
+        overrides the extractor's budget for this call; ``think`` renders the template with the empty think block."""
         options = extract_options(
             hidden_layer=hidden_layer, num_layers=self.num_layers, tokens=tokens, normalization=normalization,
             scale_to_text=scale_to_text, target_std=target_std, outlier_mode=outlier_mode,
@@ -282,16 +289,16 @@ class VLExtractor:
             has_stats=reference_stats is not None)
         budget = self._check_call(image, reference_stats, max_image_tokens)
         try:  # 1. the forward pass, stopped at the deepest requested layer
-            fwd = self._forward(image, text, options.layers, budget)
+            fwd = self._forward(image, text, options.layers, budget, bool(think) and bool(text))
         finally:
             if self.auto_unload:
                 self.unload()
         kinds, start, end = self._positions(fwd.ids)
-        hidden, masked = _mask_image_rows(fwd.hidden, start, end, options, reference_stats)  # 2. masking
-        keep, span = select_positions(options.tokens, len(fwd.ids), start, end)  # 3. token selection
-        selected = hidden[keep]
-        out, factor = normalize(selected, options.normalization, options.target_std, reference_stats)  # 4.
-        out = out.to(torch.float32).contiguous()
+        keep, span = select_positions(options.tokens, len(fwd.ids), start, end)  # 2. token selection
+        selected = fwd.hidden[keep]
+        out, factor = normalize(selected, options.normalization, options.target_std, reference_stats)  # 3.
+        out, masked = _mask_image_rows(out.to(torch.float32), span, options, reference_stats)  # 4. masking
+        out = out.contiguous()
         settings = self._settings_record(options, reference_stats, budget, image, fwd, text,
                                          n_image=sum(k == PositionKind.IMAGE.value for k in kinds))
         return VLResult(embeddings=out, kinds=[kinds[p] for p in keep], image_span=span,
@@ -334,6 +341,7 @@ class VLExtractor:
             "reference_stats": getattr(reference_stats, "key", None) if reference_stats is not None else None,
             "max_image_tokens": budget, "original_size": list(image.size), "image_size": list(fwd.image_size),
             "image_grid": list(fwd.grid), "image_tokens": n_image, "vl_text": text if text else None,
+            "think": bool(fwd.think),
             "layers_run": fwd.layers_run, "num_layers": self.num_layers, "model": self.path.name,
             "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
         }
@@ -351,14 +359,19 @@ class VLExtractor:
         return int(cfg_id)
 
 
-def _mask_image_rows(hidden: torch.Tensor, start: int | None, end: int | None, options: ExtractOptions,
+def _mask_image_rows(out: torch.Tensor, span: tuple[int, int] | None, options: ExtractOptions,
                      reference_stats: Any) -> tuple[torch.Tensor, tuple[list[int], dict[int, float]]]:
-    """Outlier masking on the raw image rows (before selection and normalisation, as the seed did); returns the
-    hidden states and ``(masked dimensions, their ratios)``."""
-    if options.outlier_mode is OutlierMode.NONE or start is None or end - start <= 1:
-        return hidden, ([], {})
-    fixed, info = mask_outliers(hidden[start + 1:end], reference_stats.std.to(torch.float32).reshape(-1),
-                                options.outlier_threshold, options.outlier_mode, options.outlier_direction)
-    hidden = hidden.clone()
-    hidden[start + 1:end] = fixed
-    return hidden, ([int(d) for d in info["masked_dimensions"]], {int(k): float(v) for k, v in info["ratios"].items()})
+    """Outlier masking of the normalised image rows (markers excluded), against the reference statistics brought to
+    their scale (:func:`~engine.conditioning.normalize.reference_scale`); returns the rows and ``(masked
+    dimensions, their ratios)``. After normalisation (the seed masked raw rows, whose units the global factor then
+    changed by 3-5x); ``mean`` fills a column with the reference's content mean."""
+    if options.outlier_mode is OutlierMode.NONE or span is None or span[1] - span[0] <= 1:
+        return out, ([], {})
+    image = out[span[0]:span[1]]
+    ref_std, ref_mean = reference_scale(image, reference_stats)
+    fixed, info = mask_outliers(image, ref_std, options.outlier_threshold, options.outlier_mode,
+                                options.outlier_direction,
+                                reference_mean=ref_mean if options.outlier_mode is OutlierMode.MEAN else None)
+    out = out.clone()
+    out[span[0]:span[1]] = fixed
+    return out, ([int(d) for d in info["masked_dimensions"]], {int(k): float(v) for k, v in info["ratios"].items()})

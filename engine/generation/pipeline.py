@@ -15,9 +15,7 @@ stage; several requests that share :meth:`~engine.types.StylizeRequest.batch_key
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +31,13 @@ from engine.conditioning.describe import (
     Description,
     describe_image,
 )
+from engine.conditioning.normalize import content_rms
 from engine.conditioning.sequence import fit_caption
 from engine.conditioning.text import ReferenceStats
 from engine.generation import batch
 from engine.generation.checks import check_request
 from engine.generation.components import COMPONENTS, ModelSet
+from engine.generation.memos import EncoderMemos
 from engine.generation.zimage import AbortFn, Cancelled, Denoised, ProgressFn
 from engine.types import (
     MAX_CAPTION_LEN,
@@ -51,12 +51,8 @@ from engine.types import (
     VLResult,
 )
 
-__all__ = ["StylePipeline", "Cancelled", "COMPONENTS", "Encoded", "NEUTRAL_GRAY"]
+__all__ = ["StylePipeline", "Cancelled", "COMPONENTS", "Encoded"]
 
-#: The neutral image of ``style_delta``: mid-gray, as the seed's ``test_style_delta.py`` used.
-NEUTRAL_GRAY = (128, 128, 128)
-#: How many neutral extractions are memoised (one per reference size and VL settings).
-NEUTRALS_KEPT = 8
 
 
 def _elapsed(since: float) -> float:
@@ -68,9 +64,7 @@ class StylePipeline:
 
     def __init__(self, models: ModelSet):
         self.models = models
-        self._lock = threading.RLock()
-        self._negatives: dict[tuple[int, bool], torch.Tensor] = {}
-        self._neutrals: OrderedDict[tuple, VLResult] = OrderedDict()
+        self.memos = EncoderMemos()
 
     # ------------------------------------------------------------------------------------------- construction
     @classmethod
@@ -112,9 +106,7 @@ class StylePipeline:
     def unload(self, component: str = "all") -> None:
         """Free ``vl`` | ``text`` | ``dit`` | ``all`` (and the memos made with them: a reload may bring new weights)."""
         self.models.unload(component)
-        with self._lock:
-            self._negatives.clear() if component in ("text", "all") else None
-            self._neutrals.clear() if component in ("vl", "all") else None
+        self.memos.forget(component)
 
     def loaded_components(self) -> dict[str, str]:
         """``{component: device}`` for the components whose weights are in memory now."""
@@ -157,14 +149,16 @@ class StylePipeline:
         return self.text_encoder.encode([request.prompt], layer=request.text_layer, think=request.think)[0]
 
     def _extract(self, request: StylizeRequest, image: Image.Image) -> VLResult:
+        """The extraction exactly as :meth:`~engine.types.StylizeRequest.vl_settings` says (what its keys record):
+        no prompt for a prompt-free one, raw states for ``style_delta``, VL's think block with ``think``."""
         stats = self.reference_stats_for(request) if request.uses_reference_stats else None
-        text = request.vl_text if request.vl_text is not None else request.prompt
+        settings = request.vl_settings()
         return self.vl_extractor.extract(
-            image, text, hidden_layer=request.hidden_layer, tokens=request.tokens,
-            normalization=Normalization.parse(request.normalization, "normalization"), target_std=request.target_std,
-            outlier_mode=OutlierMode.parse(request.outlier_mode, "outlier_mode"),
+            image, settings["text"], hidden_layer=request.hidden_layer, tokens=request.tokens,
+            normalization=Normalization.parse(settings["normalization"], "normalization"),
+            target_std=request.target_std, outlier_mode=OutlierMode.parse(request.outlier_mode, "outlier_mode"),
             outlier_threshold=request.outlier_threshold, outlier_direction=request.outlier_direction,
-            reference_stats=stats,
+            reference_stats=stats, think=settings["think"],
         )
 
     def encode_reference(self, request: StylizeRequest) -> VLResult | None:
@@ -174,29 +168,13 @@ class StylePipeline:
         return self._extract(request, request.reference)
 
     def neutral_reference(self, request: StylizeRequest) -> VLResult:
-        """The extraction of a mid-gray image of the reference's size with the same settings (``style_delta``).
-
-        Memoised per size and VL settings (:meth:`StylizeRequest.vl_identity`, the result depends on nothing else).
-        """
-        if request.reference is None:
-            raise ValueError("blend_mode style_delta needs a reference image")
-        key = (tuple(request.reference.size), *request.vl_identity()[1:])  # the size stands for the gray image
-        with self._lock:
-            hit = self._neutrals.get(key)
-            if hit is not None:
-                self._neutrals.move_to_end(key)
-                return hit
-        result = self._extract(request, Image.new("RGB", request.reference.size, NEUTRAL_GRAY))
-        with self._lock:
-            self._neutrals[key] = result
-            while len(self._neutrals) > NEUTRALS_KEPT:
-                self._neutrals.popitem(last=False)
-        return result
+        """The extraction of a mid-gray image of the reference's size with the same settings (``style_delta``;
+        memoised)."""
+        return self.memos.neutral(request, lambda gray: self._extract(request, gray))
 
     def has_negative(self, request: StylizeRequest) -> bool:
         """Whether :meth:`negative_embedding` is memoised for the request (it then needs no text encoder)."""
-        with self._lock:
-            return (int(request.text_layer), bool(request.think)) in self._negatives
+        return self.memos.has_negative(request)
 
     def describe(self, image: Image.Image, *, n: int = DEFAULT_SUGGESTIONS, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                  max_time_s: float = DEFAULT_MAX_TIME_S, should_abort: AbortFn | None = None) -> Description:
@@ -206,14 +184,8 @@ class StylePipeline:
 
     def negative_embedding(self, request: StylizeRequest) -> torch.Tensor:
         """The empty prompt at the request's ``text_layer``/``think`` (CFG's negative; memoised)."""
-        key = (int(request.text_layer), bool(request.think))
-        with self._lock:
-            hit = self._negatives.get(key)
-        if hit is None:
-            hit = self.text_encoder.encode([""], layer=request.text_layer, think=request.think)[0]
-            with self._lock:
-                hit = self._negatives.setdefault(key, hit)
-        return hit
+        return self.memos.negative(
+            request, lambda: self.text_encoder.encode([""], layer=request.text_layer, think=request.think)[0])
 
     def encode(self, request: StylizeRequest) -> Encoded:
         """Steps 2-4: the prompt, the reference, style_delta's neutral and CFG's negative (encoders only)."""
@@ -237,12 +209,22 @@ class StylePipeline:
         mode = BlendMode.parse(request.blend_mode, "blend_mode")
         if mode is BlendMode.STYLE_DELTA and neutral is None:
             neutral = self.neutral_reference(request)
+        grid = vl.settings.get("image_grid")
         return blend_embeddings(
             vl.embeddings, text_emb, alpha, mode,
             image_mask=torch.tensor(vl.image_mask, dtype=torch.bool),
             neutral=neutral.embeddings if neutral is not None else None,
-            append_tokens=request.append_tokens,
+            append_tokens=request.append_tokens, image_grid=tuple(grid) if grid else None,
+            row_scale=self.row_scale(request, text_emb),
         )
+
+    def row_scale(self, request: StylizeRequest, text_emb: torch.Tensor) -> float | None:
+        """Under ``row_rms`` (the default) the RMS every mixed-in VL row gets: the median of the prompt's content
+        rows (:func:`~engine.conditioning.normalize.content_rms`); ``None`` under the other normalisations."""
+        if Normalization.parse(request.normalization, "normalization") is not Normalization.ROW_RMS:
+            return None
+        mask = self.text_encoder.content_mask(request.prompt, request.think)
+        return content_rms(text_emb, mask if len(mask) == text_emb.shape[0] else None)
 
     def fit(self, request: StylizeRequest, caption: torch.Tensor) -> torch.Tensor:
         """Bring the caption under the DiT's 1504-row limit with the request's ``fit_mode``."""
@@ -291,7 +273,7 @@ class StylePipeline:
             "vl_length": int(vl.embeddings.shape[0]) if vl is not None else None,
             "blended_length": int(caption.blended.shape[0]),
             "caption_length": int(caption.caption.shape[0]),
-            **{name: generation[name] for name in ("shift", "denoise_steps", "sigmas")},
+            **{name: generation[name] for name in ("shift", "denoise_steps", "sigmas", "start_sigma")},
             "negative_length": int(caption.negative.shape[0]) if generation["cfg"] else None,
             "init_image_size": list(request.reference.size) if request.strength is not None else None,
             "dtype": generation["dtype"],

@@ -26,7 +26,7 @@ What it fixes or pins relative to the seed (seed-behaviour §5, §6):
   it (``StylePipeline.negative_embedding``: the empty prompt ``""``, as the diffusers pipeline's own default).
 
 Progress and cancel: ``progress(step, total)`` is called after each denoising step (``total`` = the steps actually
-run: ``steps`` for txt2img, about ``steps * strength`` for img2img); ``should_abort()`` is polled before the first
+run: ``steps``, for img2img too, which starts at noise level ``strength``: see :func:`img2img_sigmas`); ``should_abort()`` is polled before the first
 step, after each step and before decoding, and a ``True`` stops the loop (``pipe._interrupt = True``) and raises
 :class:`Cancelled`. Denoising runs with ``output_type="latent"`` and the VAE decode runs here (the pipeline's exact
 decode), so the two are timed separately.
@@ -63,14 +63,20 @@ class Cancelled(Exception):
     """Raised when ``should_abort()`` asked a generation to stop."""
 
 
-def img2img_steps(steps: int, strength: float) -> int:
-    """Denoising steps img2img actually runs (diffusers 0.42.1 ``get_timesteps``): ``steps - int(steps - steps*s)``.
+def img2img_sigmas(steps: int, strength: float, shift: float) -> list[float]:
+    """The pre-shift schedule that makes img2img start at noise level ``strength`` and run all ``steps`` steps.
 
-    That rounds ``steps * strength`` up (9 steps at 0.9 → 9 - int(0.9) = 9; 3 at 0.9 → 3), where the seed's own
-    pipeline rounded down (``int(9 * 0.9) = 8``). Always at least 1 for ``strength > 0``.
+    ``strength`` is the *starting noise level*: the start latent is ``(1 - s) * reference + s * noise`` (flow
+    matching), so every ``s < 1`` keeps the reference's share ``1 - s`` whatever the step count. diffusers' own rule
+    (``t_start = int(steps - steps * s)``) starts every strength above ``(steps - 1) / steps`` at sigma 1.0, pure
+    noise: at 9 steps and the seed's 0.9 two references gave identical images (audit #28). Here the pipeline gets
+    ``strength=1.0`` (no steps skipped) and this schedule: the default ``linspace(1, 1/n, n)`` scaled by ``u0``, the
+    pre-shift value whose shifted sigma is ``s`` (the scheduler maps ``u -> shift*u / (1 + (shift-1)*u)``, whose
+    inverse is ``u = s / (shift - (shift-1)*s)``). ``s == 1`` gives exactly the default schedule.
     """
-    init = min(steps * strength, steps)
-    return steps - int(max(steps - init, 0))
+    s, sh, n = float(strength), float(shift), int(steps)
+    u0 = s / (sh - (sh - 1.0) * s)
+    return [u0 * (1.0 - k / n) for k in range(n)]
 
 
 def prepare_init_image(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -229,15 +235,14 @@ class Generator:
                 negative_prompt_embeds: torch.Tensor | Sequence[torch.Tensor] | None = None,
                 fit_mode: FitMode | str = FitMode.POOL, progress: ProgressFn | None = None,
                 should_abort: AbortFn | None = None) -> Denoised:
-        """Run the denoising loop; returns the final latents (float32) and the parameter record.
-
-        Settings are validated by ``engine.generation.checks`` before; this checks the embeddings' shapes only.
+        """Run the denoising loop; returns the final latents (float32) and the parameter record. Settings are
+        validated by ``engine.generation.checks`` before; this checks the embeddings' shapes only.
         ``prompt_embeds`` / ``negative_prompt_embeds`` (CFG): one ``[L, D]`` for every seed, or one per seed;
         ``image`` + ``strength``: img2img. Raises :class:`Cancelled` when ``should_abort()`` turns true."""
         seeds = [int(seeds)] if isinstance(seeds, int) else [int(s) for s in seeds]
         fit, guidance, n = FitMode.parse(fit_mode, "fit_mode"), float(guidance_scale), len(seeds)
         images = _per_seed_images(image, n)
-        total = img2img_steps(int(steps), float(strength)) if images is not None else int(steps)
+        total = int(steps)  # img2img runs every step too, from the start noise level `strength`
         with self._lock:
             captions = self._captions(prompt_embeds, n, fit, "prompt_embeds")
             negatives = None
@@ -255,15 +260,16 @@ class Generator:
                         callback_on_step_end=_step_callback(total, progress, should_abort))
             if images is not None:  # one image per seed: diffusers then samples image i's VAE latent with generator i
                 inits = {id(im): prepare_init_image(im, int(width), int(height)) for im in images}
-                call.update(image=[inits[id(im)] for im in images], strength=float(strength))
+                call.update(image=[inits[id(im)] for im in images], strength=1.0,
+                            sigmas=img2img_sigmas(int(steps), float(strength), float(shift)))
             t0 = time.perf_counter()
             latents = pipe(**call).images
             seconds = time.perf_counter() - t0
-            params = self._record(pipe, call, images, total, fit, negatives)
+            params = self._record(pipe, call, images, total, fit, negatives, strength)
         return Denoised(latents=latents, params=params, seconds=seconds)
 
     def _record(self, pipe: Any, call: dict[str, Any], images: list[Image.Image] | None, total: int,
-                fit: FitMode, negatives: list[torch.Tensor] | None) -> dict[str, Any]:
+                fit: FitMode, negatives: list[torch.Tensor] | None, strength: float | None) -> dict[str, Any]:
         """The parameter record of one denoising call (``Denoised.params``)."""
         init_size = None
         if images is not None:
@@ -273,11 +279,12 @@ class Generator:
             "shift": float(pipe.scheduler.shift), "steps": call["num_inference_steps"], "denoise_steps": total,
             "guidance_scale": call["guidance_scale"], "cfg": call["guidance_scale"] > 0,
             "seeds": [int(g.initial_seed()) for g in call["generator"]], "width": call["width"],
-            "height": call["height"], "strength": call.get("strength"),
+            "height": call["height"], "strength": float(strength) if images is not None else None,
             "mode": "img2img" if images is not None else "txt2img", "init_image_size": init_size,
             "caption_lengths": [int(c.shape[0]) for c in call["prompt_embeds"]],
             "negative_lengths": [int(c.shape[0]) for c in negatives] if negatives else None,
             "fit_mode": fit.value, "sigmas": [round(float(s), 6) for s in pipe.scheduler.sigmas.tolist()],
+            "start_sigma": round(float(pipe.scheduler.sigmas[0]), 6),  # the noise level the loop started from
             "dtype": str(pipe.transformer.dtype).replace("torch.", ""), "device": str(self.device),
         }
 

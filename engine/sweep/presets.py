@@ -51,6 +51,10 @@ _REQUEST = ("Other settings come from the request (defaults: layer -6, full toke
             "information (the seed's own later finding), so those runs showed little; add "
             f"{_SEED_EARLY_FLAGS} to reproduce them.")
 _SEED_LATE = {"hidden_layer": -6, "tokens": TokenMode.FULL}
+#: What changed for the seed's img2img presets in issue 14.
+_STRENGTH = ("Strength is now the start noise level: at 0.9 the reference keeps 10% of the start image at any step "
+             "count. Until issue 14 diffusers' rule started every strength above 8/9 at 9 steps from pure noise, so "
+             "these cells ignored the reference (two references gave the same image).")
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("alpha", "alpha 0 (baseline), 0.1, 0.3, 0.5, 0.7, 1.0",
@@ -68,7 +72,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("normalization", "VL normalisation global, per_dim, hybrid (image tokens, alpha 1)",
            axes={"normalization": (Normalization.GLOBAL, Normalization.PER_DIM, Normalization.HYBRID)},
            fixed={"alpha": 1.0, "tokens": TokenMode.IMAGE},
-           note=f"The seed's normalisations on image tokens at alpha 1. {_REQUEST}"),
+           note=f"The seed's normalisations on image tokens at alpha 1. {_REQUEST} This project's default, row_rms, "
+                "is not among them: add --normalizations row_rms,global,per_dim,hybrid to compare."),
     Preset("outlier", "outlier masking none, zero, clamp, scale (threshold 10, alpha 1)",
            axes={"outlier": (OutlierMode.NONE, OutlierMode.ZERO, OutlierMode.CLAMP, OutlierMode.SCALE)},
            fixed={"alpha": 1.0, "tokens": TokenMode.FULL, "outlier_threshold": 10.0},
@@ -89,36 +94,40 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("style_transfer", "img2img from the reference (strength 0.9), adain_per_dim, alpha 0.3 and 0.5",
            axes={"alpha": (0.3, 0.5)},
            fixed={**_SEED_LATE, "blend_mode": BlendMode.ADAIN_PER_DIM, "strength": 0.9},
-           note="Seed values; the baseline is the same img2img without VL, which the seed never made."),
+           note=f"Seed values; the baseline is the same img2img without VL, which the seed never made. {_STRENGTH}"),
     Preset("blend_comparison", "blend modes adain_per_dim, adain, linear in img2img 0.9 at alpha 0.3",
            axes={"mode": (BlendMode.ADAIN_PER_DIM, BlendMode.ADAIN, BlendMode.LINEAR)},
            fixed={**_SEED_LATE, "alpha": 0.3, "strength": 0.9},
-           note="Seed values (see the 'modes' preset for every mode of this project)."),
+           note=f"Seed values (see the 'modes' preset for this project's modes). {_STRENGTH}"),
     Preset("strength_sweep", "img2img strength 0.5, 0.7, 0.9 (adain_per_dim, alpha 0.3)",
            axes={"strength": (0.5, 0.7, 0.9)},
            fixed={**_SEED_LATE, "alpha": 0.3, "blend_mode": BlendMode.ADAIN_PER_DIM},
-           note="Seed values; one VL-free img2img baseline per strength."),
+           note=f"Seed values; one VL-free img2img baseline per strength. {_STRENGTH}"),
     Preset("think_comparison", "empty <think> block off/on in the text prompt (img2img 0.9, adain_per_dim, 0.3)",
            axes={"think": (False, True)},
            fixed={**_SEED_LATE, "alpha": 0.3, "blend_mode": BlendMode.ADAIN_PER_DIM, "strength": 0.9},
            note="Seed values. The think flag now reaches the text encoder per cell (the seed's two images were "
-                "identical); one baseline per think setting."),
+                f"identical); one baseline per think setting. VL renders the same think block, so its rows stay "
+                f"aligned with the text's. {_STRENGTH}"),
     # --- this project's modes ---------------------------------------------------------------------------------
     Preset("pool", "pool blend (area-averaged VL) at alpha 0.1, 0.2, 0.3, 0.5, 0.7, 1.0",
            axes={"alpha": (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)}, fixed={"blend_mode": BlendMode.POOL}, seed=False,
-           note="Layer, tokens and normalisation from the request (defaults -6, full, global)."),
+           note="Layer, tokens and normalisation from the request (defaults -6, full, row_rms: under row_rms alpha is "
+                "the VL share of each row, whatever the prompt's length)."),
     Preset("append", "append blend: 16, 32, 64, 128, 256 pooled image tokens after the text",
            axes={"append_tokens": (16, 32, 64, 128, 256)}, fixed={"blend_mode": BlendMode.APPEND}, seed=False,
-           note="Alpha from the request: it mixes the appended rows from the prompt's mean row (0) to the "
-                "reference's pooled patches (1); the token count sets how much spatial detail is appended."),
+           note="Alpha from the request: round(alpha * K) rows are appended (none near 0), each a 2-D area pool of "
+                "the image grid; K is the count at alpha 1 and sets how much spatial detail is appended. (Before "
+                "issue 14 alpha mixed K rows from the prompt's mean row, a jump at alpha 0.)"),
     Preset("multilayer", "VL layer -6 alone vs equal mixes -6+-8 and -4+-6+-8",
            axes={"layer": (-6, (LayerWeight(-6), LayerWeight(-8)),
                            (LayerWeight(-4), LayerWeight(-6), LayerWeight(-8)))}, seed=False,
            note="Blend mode, alpha and tokens from the request (defaults pool, 0.3, full)."),
-    Preset("modes", "every blend mode at the request's alpha",
-           axes={"mode": tuple(BlendMode)}, seed=False,
+    Preset("modes", "every blend mode but adain at the request's alpha",
+           axes={"mode": tuple(m for m in BlendMode if m is not BlendMode.ADAIN)}, seed=False,
            note="style_delta subtracts a neutral grey reference's extraction; append adds pooled image rows after "
-                "the prompt."),
+                "the prompt; replace makes the reference's sequence the caption. adain is left out: after the DiT's "
+                "row normalisation it carries at most one number per row (ask for it with modes=adain)."),
 ]}
 
 

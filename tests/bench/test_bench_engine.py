@@ -83,6 +83,9 @@ def test_cache_quick(tmp_path):
     lines = _run([str(BENCH / "cache.py"), "--json", str(out)], BENCH_QUICK="1")
     assert _figure(lines[-1], "cache") > 0
     assert "vl forwards on hit: 0" in lines and "vl forwards on miss: 1" in lines, lines
+    # issue 14: a new prompt with a known reference runs no VL forward for the prompt-free settings
+    assert "vl forwards on new prompt: 0" in lines, lines
+    assert "vl forwards on new prompt, known reference (tokens=full): 1" in lines, lines
     data = json.loads(out.read_text())
     _finite_numbers(data)
     assert data["hit_equals_miss"] is True and set(data["vl_forwards_on_hit"]) == {0}

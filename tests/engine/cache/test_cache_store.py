@@ -77,14 +77,12 @@ VL_CHANGES = [
     ("image_fingerprint", "b" * 64),
     ("text", "a red fox "),
     ("layers", -5),
-    ("layers", [LayerWeight(-6, 1.0)]),
     ("layers", [(-6, 1.0), (-2, 0.5)]),
+    ("think", True),
     ("token_mode", TokenMode.IMAGE),
     ("normalization", "per_dim"),
     ("target_std", 61.5),
     ("outlier_mode", "zero"),
-    ("outlier_threshold", 8.0),
-    ("outlier_direction", "high"),
     ("image_token_budget", 512),
     ("image_token_budget", None),
     ("model_identity", "/models/qwen3vl#abd"),
@@ -97,6 +95,30 @@ VL_CHANGES = [
 def test_each_vl_setting_changes_the_key(field: str, value: object) -> None:
     """Every setting that changes the VL tensor is in the key (the seed's key missed most of them)."""
     assert cache_key(vl_cache_record(**BASE_VL)) != cache_key(vl_cache_record(**{**BASE_VL, field: value}))
+
+
+@pytest.mark.parametrize(("field", "value"), [("outlier_threshold", 8.0), ("outlier_direction", "high")])
+def test_outlier_band_changes_the_key_when_masking_is_on(field: str, value: object) -> None:
+    masked = {**BASE_VL, "outlier_mode": "zero"}
+    assert cache_key(vl_cache_record(**masked)) != cache_key(vl_cache_record(**{**masked, field: value}))
+
+
+def test_vl_record_is_canonical() -> None:
+    """Issue 14 (audit #30): spellings of one extraction are one key; settings that do not apply leave it."""
+    key = cache_key(vl_cache_record(**BASE_VL))
+    for layers in ([LayerWeight(-6, 1.0)], [(-6, 2.0)], [LayerWeight(-6, 3.0), LayerWeight(-6, 1.0)]):
+        assert cache_key(vl_cache_record(**{**BASE_VL, "layers": layers})) == key
+    mix = cache_key(vl_cache_record(**{**BASE_VL, "layers": [(-6, 1.0), (-8, 1.0)]}))
+    assert cache_key(vl_cache_record(**{**BASE_VL, "layers": [(-6, 2.0), (-8, 2.0)]})) == mix
+    assert cache_key(vl_cache_record(**{**BASE_VL, "layers": [(-8, 0.5), (-6, 0.5), (-4, 0.0)]})) == mix
+    # outlier band without masking, target std outside global/hybrid
+    assert cache_key(vl_cache_record(**{**BASE_VL, "outlier_threshold": 3.0, "outlier_direction": "low"})) == key
+    row = {**BASE_VL, "normalization": "row_rms"}
+    assert cache_key(vl_cache_record(**row)) == cache_key(vl_cache_record(**{**row, "target_std": 12.0}))
+    assert cache_key(vl_cache_record(**{**BASE_VL, "target_std": 12.0})) != key  # global: it applies
+    # think without a text cannot change a prompt-free extraction
+    free = {**BASE_VL, "text": None}
+    assert cache_key(vl_cache_record(**free)) == cache_key(vl_cache_record(**{**free, "think": True}))
 
 
 def test_vl_record_normalises_spellings() -> None:

@@ -98,7 +98,8 @@ def test_length_and_dtype_follow_text(mode, dtype):
     vl = rand(gen, 300, 16, dtype=torch.float32)
     text = rand(gen, 11, 16, dtype=dtype)
     out = _call(mode, vl, text, 0.4, append_tokens=20)
-    expected_len = 11 + 20 if mode == "append" else 11
+    # append adds round(alpha * K) rows (issue 14: alpha picks the count); replace grows from len(text) to len(vl)
+    expected_len = {"append": 11 + 8, "replace": 11 + round(0.4 * (300 - 11))}.get(mode, 11)
     assert out.shape == (expected_len, 16)
     assert out.dtype == dtype
     assert out.device == text.device
@@ -118,7 +119,7 @@ def test_alpha_zero_returns_text_exactly(mode):
 def test_modes_differ_from_each_other():
     gen = torch.Generator().manual_seed(3)
     vl, text = rand(gen, 100, 8), rand(gen, 7, 8)
-    outs = {m: _call(m, vl, text, 0.5) for m in ALL_MODES if m != "append"}
+    outs = {m: _call(m, vl, text, 0.5) for m in ALL_MODES if m not in ("append", "replace")}  # other lengths
     names = list(outs)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
@@ -230,13 +231,67 @@ def test_append_matches_reference(args, k, mask_seed):
     image = vl.numpy()[mask]
     kk = min(k, len(image))
     out = blend_append(vl, text, alpha, mask.tolist(), append_tokens=k)
-    if alpha == 0:
+    kk = min(round(alpha * k), len(image))  # the documented count: round(alpha * K), at most the image's rows
+    if kk == 0:  # issue 14: alpha chooses how many rows; none below alpha*K = 0.5, so continuous at alpha -> 0
         assert torch.equal(out, text)
         return
     assert out.shape == (len(text) + kk, vl.shape[1])
     assert torch.equal(out[: len(text)], text)  # the prompt rows are untouched, bit for bit
-    text_mean = text.numpy().astype(np.float64).mean(axis=0, keepdims=True)
-    close(out[len(text) :], alpha * ref_pool(image, kk) + (1 - alpha) * text_mean)
+    # without an image grid the image is one row of patches: the 2-D pooling is the 1-D area pooling (no mixing
+    # towards the prompt's mean row any more: alpha sets the count, the rows are the reference's own)
+    close(out[len(text) :], ref_pool(image, kk))
+
+
+def ref_pool_2d(image: np.ndarray, cols: int, rows: int, kc: int, kr: int) -> np.ndarray:
+    """Exact 2-D area average of a raster ``[rows*cols, D]`` onto a ``kr x kc`` grid, with explicit fractions."""
+    from fractions import Fraction
+
+    grid = image.reshape(rows, cols, -1)
+    out = np.zeros((kr, kc, image.shape[1]))
+    for i in range(kr):
+        y0, y1 = Fraction(i * rows, kr), Fraction((i + 1) * rows, kr)
+        for j in range(kc):
+            x0, x1 = Fraction(j * cols, kc), Fraction((j + 1) * cols, kc)
+            for y in range(rows):
+                for x in range(cols):
+                    w = max(0, min(y1, y + 1) - max(y0, y)) * max(0, min(x1, x + 1) - max(x0, x))
+                    out[i, j] += float(w) * grid[y, x]
+            out[i, j] /= float((y1 - y0) * (x1 - x0))
+    return out.reshape(kr * kc, -1)
+
+
+@pytest.mark.parametrize(("cols", "rows", "k", "grid"), [(6, 4, 6, (3, 2)), (7, 3, 9, (4, 2)), (5, 5, 4, (2, 2)),
+                                                          (8, 2, 4, (4, 1))])
+def test_append_pools_in_2d_on_the_image_grid(cols, rows, k, grid):
+    """Audit #20b: the appended rows are rectangles of the image (aspect kept), never strips that wrap a row edge."""
+    gen = torch.Generator().manual_seed(cols * rows)
+    text = rand(gen, 5, 3)
+    image = rand(gen, cols * rows, 3)
+    vl = torch.cat([rand(gen, 2, 3), image, rand(gen, 3, 3)])
+    mask = [False] * 2 + [True] * (cols * rows) + [False] * 3
+    out = blend_append(vl, text, 1.0, mask, append_tokens=k, image_grid=(cols, rows))
+    kc, kr = grid
+    assert out.shape[0] == 5 + kc * kr
+    close(out[5:], ref_pool_2d(image.numpy(), cols, rows, kc, kr))
+
+
+def test_append_keeps_the_text_under_the_caption_cap():
+    """k <= 1504 - len(text): fit_caption never has to pool the prompt's rows."""
+    text, vl = torch.randn(1500, 2, dtype=torch.float64), torch.randn(40, 2, dtype=torch.float64)
+    out = blend_append(vl, text, 1.0, [True] * 40, append_tokens=64)
+    assert out.shape[0] == 1504 and torch.equal(out[:1500], text)
+
+
+def test_replace_at_alpha_one_is_the_whole_vl_sequence():
+    """replace (the seed's alpha = 1): the full VL sequence is the caption, area-pooled only above 1504 rows."""
+    gen = torch.Generator().manual_seed(21)
+    vl, text = rand(gen, 90, 4), rand(gen, 6, 4)
+    close(blend(vl, text, 1.0, "replace"), vl.numpy())
+    long = rand(gen, 1600, 2)
+    close(blend(long, text[:, :2], 1.0, "replace"), ref_pool(long.numpy(), 1504))
+    mid = blend(vl, text, 0.5, "replace")  # halfway: 6 + 42 rows, half pooled VL, half resampled text
+    n = 6 + 42
+    close(mid, 0.5 * ref_pool(vl.numpy(), n) + 0.5 * resample_linear(text, n).double().numpy())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -370,7 +425,7 @@ def test_append_fewer_image_rows_than_append_tokens():
     mask = [False, True, True, True, False, False, False, False, False, False]
     out = blend(vl, text, 1.0, "append", image_mask=mask, append_tokens=64)
     assert out.shape == (5 + 3, 4)
-    assert torch.equal(out[5:], vl[1:4])
+    close(out[5:], vl[1:4].double().numpy())  # one row of 3 patches pooled to 3: the patches themselves
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -494,3 +549,17 @@ def test_append_alpha_changes_row_direction_so_it_survives_rms_norm():
     low = rms_normed(blend_append(vl, text, 0.2, mask, append_tokens=4)[5:])
     high = rms_normed(blend_append(vl, text, 0.8, mask, append_tokens=4)[5:])
     assert (low - high).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("bad", [0, 1025, 1504, "x", 2.5])
+def test_append_tokens_has_one_bound(bad):
+    """Issue 14: the blend, check_inputs and the settings all use engine.limits' one bound (check_inputs allowed 1504
+    while the settings allowed 1024)."""
+    from engine.generation.checks import check_request
+    from engine.types import StylizeRequest
+
+    vl, text = torch.randn(20, 4), torch.randn(3, 4)
+    with pytest.raises(ValueError, match=r"^append_tokens must be (a whole number )?between 1 and 1024"):
+        blend(vl, text, 0.5, "append", image_mask=[True] * 20, append_tokens=bad)
+    with pytest.raises(ValueError, match=r"^append_tokens must be (a whole number )?between 1 and 1024"):
+        check_request(StylizeRequest(prompt="x", append_tokens=bad), text_layers=8, vl_layers=8)

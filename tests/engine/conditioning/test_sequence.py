@@ -353,7 +353,7 @@ def test_mask_outliers_errors_name_their_parameter():
             mask_outliers(emb, bad_ref)
     with pytest.raises(ValueError, match=r"^reference_mean "):
         mask_outliers(emb, ref, reference_mean=torch.zeros(7))
-    with pytest.raises(ValueError, match=r"^mode must be one of none, zero, clamp, scale"):
+    with pytest.raises(ValueError, match=r"^mode must be one of none, zero, mean, clamp, scale"):
         mask_outliers(emb, ref, 10.0, "clip")
     with pytest.raises(ValueError, match=r"^direction must be one of both, high, low"):
         mask_outliers(emb, ref, 10.0, "zero", "up")

@@ -94,7 +94,11 @@ def test_bad_layer_names_layer(encoder, layer):
 def test_reference_stats(encoder):
     stats = encoder.reference_stats()
     assert isinstance(stats, ReferenceStats)
-    rows = torch.cat(encoder.encode(list(REFERENCE_PROMPTS), layer=-2))
+    # content tokens only (issue 14, audit #11): the Qwen3 template is 3 tokens before the prompt
+    # ("<|im_start|>user\n") and 5 after ("<|im_end|>\n<|im_start|>assistant\n"; 'assistant' is 3 tokens in the tiny
+    # vocabulary, so 7 here), and position 0, the sink, is one of them
+    tail = len(encoder.token_ids("")) - 3
+    rows = torch.cat([e[3:e.shape[0] - tail] for e in encoder.encode(list(REFERENCE_PROMPTS), layer=-2)])
     assert stats.num_prompts == len(REFERENCE_PROMPTS) == 10
     assert stats.num_tokens == rows.shape[0]
     torch.testing.assert_close(stats.mean, rows.mean(0))
@@ -104,6 +108,16 @@ def test_reference_stats(encoder):
     assert other.layer == -1 and other.key != stats.key
     again = ReferenceStats.from_parts(stats.tensors(), stats.metadata())
     assert torch.equal(again.std, stats.std) and again.key == stats.key
+
+
+def test_content_mask_marks_the_prompt_tokens_only(encoder):
+    """The prompt's own tokens: what tokenising it inside the template adds over the empty prompt."""
+    for prompt in ("a cat", "Homer Simpson on a red sofa at dusk"):
+        for think in (False, True):
+            ids, mask = encoder.token_ids(prompt, think), encoder.content_mask(prompt, think)
+            content = [i for i, m in zip(ids, mask) if m]
+            assert len(ids) - len(content) == len(encoder.token_ids("", think))  # exactly the template is left
+            assert encoder.tokenizer.decode(content).strip() == prompt and not mask[0]
 
 
 def test_unload_and_lazy_reload(tiny_models):

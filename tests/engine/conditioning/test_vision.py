@@ -91,8 +91,19 @@ def test_multi_layer_mix_is_one_forward(vl):
         for h in handles:
             h.remove()
     assert ran == [0, 1, 2]  # one pass, to the deepest requested layer
-    expected = 0.75 * full[-6][0].float() + 0.25 * full[-8][0].float()
-    torch.testing.assert_close(res.embeddings, expected, atol=1e-6, rtol=1e-6)
+    # issue 14 (audit #21): each layer at the same per-row scale before weighting, the weighted mean RMS restored:
+    # m_i = (0.75|a_i| + 0.25|b_i|) * (0.75 a_i/|a_i| + 0.25 b_i/|b_i|), |.| the row RMS
+    a, b = full[-6][0].double(), full[-8][0].double()
+    ra, rb = a.pow(2).mean(1, keepdim=True).sqrt(), b.pow(2).mean(1, keepdim=True).sqrt()
+    expected = ((0.75 * ra + 0.25 * rb) * (0.75 * a / ra + 0.25 * b / rb)).float()
+    torch.testing.assert_close(res.embeddings, expected, atol=1e-6, rtol=1e-5)
+    # with equal weights every mixed row is equally close in angle to both layers' rows, however different their
+    # scales (a raw mean leans towards the larger layer: the tiny -6 rows are ~2x the -8 rows)
+    equal = vl.extract(img, PROMPT, hidden_layer=[(-6, 1), (-8, 1)], scale_to_text=False).embeddings.double()
+    cos = torch.nn.functional.cosine_similarity
+    torch.testing.assert_close(cos(equal, a, dim=1), cos(equal, b, dim=1), atol=1e-5, rtol=1e-5)
+    raw = 0.5 * a + 0.5 * b
+    assert float((cos(raw, a, dim=1) - cos(raw, b, dim=1)).abs().max()) > 1e-2
     assert res.settings["hidden_layer"] == [[-6, 0.75], [-8, 0.25]]
     pairs = vl.extract(img, PROMPT, hidden_layer=[(-6, 3), (-8, 1)], scale_to_text=False)
     assert torch.equal(pairs.embeddings, res.embeddings)
@@ -185,9 +196,21 @@ def test_budget_helpers():
     assert budget_grid(1024, 1024, 1024) == (32, 32)
 
 
+def test_row_rms_is_the_default_and_keeps_each_rows_direction(vl):
+    """Issue 14: unit-RMS rows (the blend scales them to the prompt's content rows), directions of the raw rows."""
+    res = vl.extract(_image(), PROMPT)
+    raw = vl.extract(_image(), PROMPT, normalization="none").embeddings.double()
+    assert res.settings["normalization"] == "row_rms"
+    out = res.embeddings.double()
+    torch.testing.assert_close(out.pow(2).mean(1), torch.ones(out.shape[0], dtype=torch.float64), atol=1e-5, rtol=0)
+    rms = raw.pow(2).mean(1, keepdim=True).sqrt()
+    torch.testing.assert_close(out, raw / rms, atol=1e-5, rtol=1e-5)
+    assert res.scale_factor == pytest.approx(1.0 / float(rms.median()), rel=1e-5)
+
+
 def test_global_normalisation_hits_target_std(vl):
     for target in (61.0, 10.0):
-        res = vl.extract(_image(), PROMPT, target_std=target)
+        res = vl.extract(_image(), PROMPT, target_std=target, normalization="global")
         assert res.scaled_std == pytest.approx(target, rel=1e-4)
         assert float(res.embeddings.std()) == pytest.approx(target, rel=1e-4)
         assert res.scale_factor == pytest.approx(target / res.original_std, rel=1e-6)
@@ -231,17 +254,31 @@ def test_outlier_masking_in_extract(vl):
     res = vl.extract(_image(), PROMPT, outlier_mode="zero", outlier_direction="high", reference_stats=fake,
                      scale_to_text=False)
     assert res.masked_dimensions == [3, 7]
-    assert res.masked_ratios[3] == pytest.approx(50.0, rel=1e-3)
+    # issue 14: detection runs in the normalised units, against the reference brought to the rows' scale:
+    # ref * c, c = RMS(image rows) / sqrt(mean(ref_std^2 + ref_mean^2)); the ratio is 50 / c
+    c = float(img_rows.pow(2).mean().sqrt() / ref_std.pow(2).mean().sqrt())
+    assert res.masked_ratios[3] == pytest.approx(50.0 / c, rel=1e-3)
     s, e = res.image_span
     assert torch.all(res.embeddings[s:e, [3, 7]] == 0)
     # only the raw image rows are masked: markers and text untouched
     assert torch.equal(res.embeddings[:s], raw.embeddings[:s]) and torch.equal(res.embeddings[e:], raw.embeddings[e:])
     assert res.settings["outlier_mode"] == "zero" and res.settings["reference_stats"] == "t"
-    # masking happens before token selection and normalisation
+    # masking runs after selection and normalisation (issue 14), and a global factor changes no decision
     sel = vl.extract(_image(), PROMPT, outlier_mode="zero", outlier_direction="high", reference_stats=fake,
-                     tokens="image_no_markers")
+                     tokens="image_no_markers", normalization="global")
     assert sel.masked_dimensions == [3, 7] and torch.all(sel.embeddings[:, [3, 7]] == 0)
-    assert sel.scaled_std == pytest.approx(61.0, rel=1e-4)
+    assert sel.masked_ratios[3] == pytest.approx(res.masked_ratios[3], rel=1e-4)
+    keep = [d for d in range(TINY_HIDDEN) if d not in (3, 7)]
+    factor = 61.0 / float(img_rows.std())  # the global factor of the unmasked selection
+    torch.testing.assert_close(sel.embeddings[:, keep], img_rows[:, keep] * factor, atol=1e-4, rtol=1e-4)
+    # mean: the flagged columns become the reference's (scaled) content mean
+    fake_mean = ReferenceStats(mean=torch.full((TINY_HIDDEN,), 0.01), std=ref_std, layer=-2, num_prompts=1,
+                               num_tokens=1, key="t")
+    filled = vl.extract(_image(), PROMPT, outlier_mode="mean", outlier_direction="high", reference_stats=fake_mean,
+                        scale_to_text=False)
+    c_mean = float(img_rows.pow(2).mean().sqrt() / (ref_std.pow(2) + 0.01 ** 2).mean().sqrt())
+    s2, e2 = filled.image_span
+    torch.testing.assert_close(filled.embeddings[s2:e2, 3], torch.full((e2 - s2,), 0.01 * c_mean))
 
 
 def test_settings_and_metadata_round_trip(vl):

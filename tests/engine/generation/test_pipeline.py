@@ -54,11 +54,16 @@ def test_reference_stylize_equals_manual_path(pipe):
     res = pipe(req)
     assert res.params["vl_applied"] and res.params["alpha_applied"] == 0.5
     assert res.vl is not None and res.vl["settings"]["hidden_layer"] == -6
-    assert res.stats["vl_std"] == pytest.approx(61.0, rel=1e-4)
+    # the default normalisation is row_rms since issue 14 (was global 61): unit-RMS VL rows at extraction, and at
+    # the blend the pooled rows get the median RMS of the prompt's content rows
+    assert res.vl["settings"]["normalization"] == "row_rms"
     # by hand, through the public pieces
     text = pipe.text_encoder.encode(["a red fox"])[0]
-    vl = pipe.vl_extractor.extract(ref, "a red fox")
-    caption = fit_caption(blend(vl.embeddings, text, 0.5, BlendMode.POOL))
+    vl = pipe.vl_extractor.extract(ref, "a red fox", normalization="row_rms")
+    torch.testing.assert_close(vl.embeddings.pow(2).mean(1), torch.ones(vl.embeddings.shape[0]))
+    content = [row for row, keep in zip(text, pipe.text_encoder.content_mask("a red fox")) if keep]
+    scale = float(torch.stack([r.pow(2).mean().sqrt() for r in content]).median())
+    caption = fit_caption(blend(vl.embeddings, text, 0.5, BlendMode.POOL, row_scale=scale))
     den = pipe.generator.denoise(caption, seeds=[3], steps=2, width=32, height=32)
     manual = pipe.generator.decode(den.latents)
     assert _bytes(manual[0]) == _bytes(res.images[0])
@@ -108,6 +113,7 @@ def test_img2img_stylize_is_deterministic(pipe):
     a = pipe(req)
     b = pipe(req)
     assert a.params["mode"] == "img2img" and a.params["denoise_steps"] == 3 and a.params["init_image_size"] == [80, 48]
+    assert a.params["start_sigma"] == pytest.approx(0.9, abs=1e-5)  # strength is the start noise level (issue 14)
     assert [_bytes(i) for i in a.images] == [_bytes(i) for i in b.images]
     assert a.images[0].size == (48, 32)
     single = pipe(req.replace(seeds=(6,)))
@@ -121,15 +127,19 @@ def test_img2img_stylize_is_deterministic(pipe):
 def test_every_blend_mode_runs(pipe, mode):
     req = StylizeRequest(prompt="a red fox", reference=_ref(), alpha=0.3, blend_mode=mode, append_tokens=4, **SMALL)
     res = pipe(req)
-    text_len = res.params["text_length"]
-    expected = text_len + min(4, 6) if mode == "append" else text_len
+    text_len, vl_len = res.params["text_length"], res.params["vl_length"]
+    # append: round(0.3 * 4) = 1 row (issue 14: alpha picks the count); replace: from len(text) towards len(vl)
+    expected = {"append": text_len + 1, "replace": text_len + round(0.3 * (vl_len - text_len))}.get(mode, text_len)
     assert res.params["caption_length"] == expected
 
 
 def test_style_delta_uses_a_gray_neutral(pipe):
     req = StylizeRequest(prompt="a red fox", reference=_ref(), alpha=0.3, blend_mode="style_delta", **SMALL)
     neutral = pipe.neutral_reference(req)
-    gray = pipe.vl_extractor.extract(Image.new("RGB", (96, 64), (128, 128, 128)), "a red fox")
+    # issue 14: row_rms is row-local (each row its own factor), so the reference and the gray image keep identical
+    # rows identical; under global both would be extracted raw
+    gray = pipe.vl_extractor.extract(Image.new("RGB", (96, 64), (128, 128, 128)), "a red fox", normalization="row_rms")
+    assert req.replace(normalization="global").vl_settings()["normalization"] == "none"
     assert torch.equal(neutral.embeddings, gray.embeddings)
     assert pipe.neutral_reference(req) is neutral  # memoised
 

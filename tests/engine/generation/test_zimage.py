@@ -9,10 +9,10 @@ from PIL import Image
 
 from types import SimpleNamespace
 
-from engine.generation.zimage import Cancelled, Generator, img2img_steps
+from engine.generation.zimage import Cancelled, Generator
 from engine.conditioning.text import TextEncoder
 from engine.models.tiny import TINY_HIDDEN
-from tests.imagecheck import assert_different_image, assert_same_image
+from tests.imagecheck import MEAN_LEVELS, assert_different_image, assert_same_image, image_difference
 
 SIZE = dict(width=32, height=48)
 
@@ -101,7 +101,8 @@ def test_img2img_is_deterministic_and_batch_consistent(gen, emb, ref):
     a = _run(gen, emb, seeds=[5], steps=4, image=ref, strength=0.5, **SIZE)
     b = _run(gen, emb, seeds=[5], steps=4, image=ref, strength=0.5, **SIZE)
     assert _bytes(a.images[0]) == _bytes(b.images[0])
-    assert a.params["mode"] == "img2img" and a.params["denoise_steps"] == img2img_steps(4, 0.5) == 2
+    # every step runs (strength is the start noise level, issue 14; diffusers' rule ran 2 of 4 here)
+    assert a.params["mode"] == "img2img" and a.params["denoise_steps"] == 4
     assert a.params["init_image_size"] == [60, 40] and a.images[0].size == (32, 48)
     c = _run(gen, emb, seeds=[6], steps=4, image=ref, strength=0.5, **SIZE)
     assert _bytes(a.images[0]) != _bytes(c.images[0])
@@ -135,7 +136,8 @@ def test_progress_called_once_per_step(gen, emb, ref):
     assert calls == [(1, 3), (2, 3), (3, 3)]
     calls.clear()
     _run(gen, emb, seeds=[1], steps=4, image=ref, strength=0.5, progress=lambda s, t: calls.append((s, t)), **SIZE)
-    assert calls == [(1, 2), (2, 2)]
+    # img2img runs every step from the start noise level (issue 14; diffusers' rule ran 2 of 4 at 0.5)
+    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
 def test_cancel_raises_and_stops(gen, emb):
@@ -184,3 +186,33 @@ def test_bf16_pipeline_runs_txt2img_and_img2img(tiny_models, emb, ref):
     i2i = _run(g, emb, seeds=[1], steps=2, image=ref, strength=0.8, **SIZE)
     again = _run(g, emb, seeds=[1], steps=2, image=ref, strength=0.8, **SIZE)
     assert _bytes(i2i.images[0]) == _bytes(again.images[0])
+
+
+def _shifted(u: float, shift: float) -> float:
+    """The scheduler's shift map, written out independently (FlowMatchEulerDiscreteScheduler, static shift)."""
+    return shift * u / (1.0 + (shift - 1.0) * u)
+
+
+@pytest.mark.parametrize("strength", [0.05, 0.3, 0.5, 0.7, 8 / 9, 0.9, 0.95, 0.99])
+def test_every_strength_below_one_keeps_the_reference_at_9_steps(gen, emb, ref, strength):
+    """Issue 14 / audit #28: at 9 steps diffusers' rule started every strength above 8/9 (0.9 included) from pure
+    noise, so two references gave exactly the same image. Strength is now the start noise level: the reference keeps
+    a share 1 - s of the start latent at any step count."""
+    other = Image.fromarray((np.random.RandomState(1).rand(40, 60, 3) * 255).astype("uint8"))
+    da = gen.denoise(emb, seeds=[3], steps=9, image=ref, strength=strength, **SIZE)
+    db = gen.denoise(emb, seeds=[3], steps=9, image=other, strength=strength, **SIZE)
+    # the old rule gave a latent difference of exactly 0.0 here; float reordering is ~1e-7
+    assert float((da.latents - db.latents).abs().mean()) > 1e-4
+    if strength <= 0.9:  # above 0.9 the reference's 1-s share moves the 8-bit pixels by less than a level
+        assert image_difference(gen.decode(da.latents)[0], gen.decode(db.latents)[0])[1] > MEAN_LEVELS
+    assert da.params["start_sigma"] == pytest.approx(strength, abs=1e-5)  # the noise level actually started from
+    assert da.params["sigmas"][0] == pytest.approx(strength, abs=1e-5) and da.params["sigmas"][-1] == 0.0
+    assert da.params["denoise_steps"] == 9 and da.params["strength"] == strength
+
+
+def test_strength_one_is_the_default_schedule(gen, emb, ref):
+    """s = 1 starts at sigma 1 on the default Z-Image schedule linspace(1, 1/n, n) shifted by 3."""
+    out = _run(gen, emb, seeds=[3], steps=9, image=ref, strength=1.0, **SIZE)
+    expected = [_shifted(1 - k / 9, 3.0) for k in range(9)] + [0.0]
+    assert out.params["sigmas"] == pytest.approx(expected, abs=1e-5)
+    assert out.params["start_sigma"] == 1.0
