@@ -18,7 +18,7 @@ switch: VL rows at RMS 64 against text rows at 0.03).
 2. at the blend, each VL row the DiT will read (pooled, resampled, appended, ...) is scaled to the median RMS of the
    prompt's *content* rows (:func:`content_rms`: the prompt's own tokens, no chat template, no first-token sink),
    so ``|v_i| = median |t_j|`` and the share of a typical row is exactly ``a`` whatever the prompt, budget or token
-   mode (:func:`effective_share` measures it).
+   mode.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 
 from engine.types import Normalization
 
-__all__ = ["PER_DIM_CLIP", "content_rms", "effective_share", "match_rows", "mix_layers", "normalize",
+__all__ = ["PER_DIM_CLIP", "content_rms", "match_rows", "mix_layers", "normalize",
            "reference_scale", "row_rms", "std_all", "unit_rows"]
 
 #: Per-dimension z-scores are clipped at this many standard deviations (``per_dim`` / ``hybrid``).
@@ -72,14 +72,6 @@ def content_rms(text: torch.Tensor, content_mask: Any = None) -> float:
         if mask.shape == rms.shape and bool(mask.any()):
             return float(rms[mask].median())
     return float((rms[1:] if rms.shape[0] > 1 else rms).median())
-
-
-def effective_share(vl_rows: torch.Tensor, text: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``[L]``: the share of VL in each blended row ``a·v_i + (1-a)·t_i`` as the DiT sees it, ``a|v_i| / (a|v_i| +
-    (1-a)|t_i|)`` (the module docstring's formula; the RMSNorm makes only these relative scales matter)."""
-    v, t = row_rms(vl_rows.to(torch.float64)), row_rms(text.to(torch.float64))
-    a = float(alpha)
-    return a * v / (a * v + (1.0 - a) * t).clamp(min=1e-300)
 
 
 def mix_layers(layers: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
