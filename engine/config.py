@@ -188,6 +188,12 @@ class EngineSettings(BaseSettings):
     cache_max_bytes: int = Field(2 << 30, ge=0, description="embedding cache budget on disk (LRU)")
     log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR")
 
+    # --- several GPU workers (Redis) ------------------------------------------------------------------------------
+    redis_url: str | None = Field(None, description="Redis of the shared job queue (redis://, rediss:// or "
+                                                    "unix://); unset = the in-process queue and worker")
+    cache_redis_url: str | None = Field(None, description="Redis of the shared embedding-cache tier (allkeys-lru); "
+                                                          "unset = each worker's local cache only")
+
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
                                    file_secret_settings):
@@ -212,6 +218,13 @@ class EngineSettings(BaseSettings):
         multiple = LIMITS["width"].multiple_of
         if v % multiple:
             raise ValueError(f"must be a multiple of {multiple}; got {v}")
+        return v
+
+    @field_validator("redis_url", "cache_redis_url")
+    @classmethod
+    def _check_redis_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
         return v
 
     @field_validator("log_level")

@@ -61,3 +61,18 @@ def settings_sandbox(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     return tmp_path
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    """A fresh real ``redis-server`` on a unix socket (skipped, saying why, when the package is missing).
+
+    The folder comes from ``tmp_path_factory`` with a short name: a unix socket path must stay under 108 bytes.
+    """
+    from tests.redisserver import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
