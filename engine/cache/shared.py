@@ -17,6 +17,7 @@ is the one place that picks: the bot's in-process worker and ``engine serve`` bo
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,6 +32,8 @@ if TYPE_CHECKING:  # third-party and sibling types only
 
 __all__ = ["TieredCache", "build_embedding_store"]
 
+log = logging.getLogger(__name__)
+
 
 class _CacheSettings(Protocol):
     cache_redis_url: str | None
@@ -39,12 +42,19 @@ class _CacheSettings(Protocol):
 def build_embedding_store(settings: _CacheSettings, local: EmbeddingCache) -> EmbeddingCache | TieredCache:
     """The embedding store a worker uses: ``local`` as it is, or under the shared Redis tier when
     ``settings.cache_redis_url`` (``ZVL_CACHE_REDIS_URL``) is set. Imports redis only then; connects lazily (a Redis
-    that is down at start is the same as one that goes down later: local only until it is back)."""
+    that is down at start is the same as one that goes down later: local only until it is back). A URL that redis
+    cannot parse (a port that is no number) is logged as an error and leaves the local cache alone: the tier is
+    best effort, so its misconfiguration costs cache hits, never the bot."""
     if not settings.cache_redis_url:
         return local
     from engine.cache.redis_tier import RedisTier
 
-    return TieredCache(local, RedisTier(settings.cache_redis_url))
+    try:
+        shared = RedisTier(settings.cache_redis_url)
+    except ValueError as exc:
+        log.error("cache_redis_url (ZVL_CACHE_REDIS_URL) is not a usable Redis URL (%s); local cache only", exc)
+        return local
+    return TieredCache(local, shared)
 
 
 class TieredCache:

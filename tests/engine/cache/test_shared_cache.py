@@ -210,6 +210,8 @@ async def test_a_redis_that_never_evicts_is_only_read(redis_server, tmp_path: Pa
 
 
 def test_without_a_cache_redis_url_the_local_cache_is_used_and_redis_not_imported(tmp_path: Path) -> None:
+    """No URL: the local cache as it is, and no redis import; a URL: the two tiers; a URL redis cannot parse: the
+    local cache (logged), not a failed start."""
     code = (
         "import sys\n"
         "from engine.config import EngineSettings\n"
@@ -220,6 +222,8 @@ def test_without_a_cache_redis_url_the_local_cache_is_used_and_redis_not_importe
         "assert 'redis' not in sys.modules, 'redis was imported'\n"
         "store = build_embedding_store(EngineSettings(_env_file=None, cache_redis_url='unix:///nowhere.sock'), local)\n"
         "assert type(store).__name__ == 'TieredCache' and store.local is local\n"
+        "bad = EngineSettings(_env_file=None, cache_redis_url='redis://host:notaport')\n"
+        "assert build_embedding_store(bad, local) is local\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZVL_")}
     proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[3], env=env,
