@@ -131,6 +131,7 @@ async def run(args) -> int:
         proc, url = start_redis(root)
         try:
             pipe = build_pipeline(root, args.quick)
+            identity_s = time_identity(Path(pipe.vl_path))
             model = pipe.vl_extractor.model
             calls = {"base": 0}
             model.model.register_forward_hook(lambda *_: calls.__setitem__("base", calls["base"] + 1))
@@ -147,10 +148,21 @@ async def run(args) -> int:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    return report(args, machine, side, rows)
+    return report(args, machine, side, rows, identity_s)
 
 
-def report(args, machine: dict, side: int, rows: list[dict]) -> int:
+def time_identity(folder: Path) -> dict:
+    """What the path-free model identity costs once per process (memoised after): seconds, weight files, bytes."""
+    from engine.models.identity import model_identity
+
+    weights = [p for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin")]
+    t0 = time.perf_counter()
+    model_identity(folder)
+    return {"seconds": round(time.perf_counter() - t0, 4), "weight_files": len(weights),
+            "weight_bytes": sum(p.stat().st_size for p in weights)}
+
+
+def report(args, machine: dict, side: int, rows: list[dict], identity: dict) -> int:
     col = lambda k: [r[k] for r in rows]  # noqa: E731
     miss_over_shared = C.median_ratio(col("miss"), col("shared_hit"))
     shared_over_local = C.median_ratio(col("shared_hit"), col("local_hit"))
@@ -161,7 +173,7 @@ def report(args, machine: dict, side: int, rows: list[dict]) -> int:
         "shared_hit_over_local_hit": round(shared_over_local, 3),
         "miss_over_local_hit": round(C.median_ratio(col("miss"), col("local_hit")), 2),
         "vl_forwards": {k: col(f"{k}_forwards") for k in ("miss", "shared_hit", "local_hit")},
-        "hits_equal_miss": all(col("equal")), "entry_bytes": rows[-1]["entry_bytes"],
+        "hits_equal_miss": all(col("equal")), "entry_bytes": rows[-1]["entry_bytes"], "vl_identity": identity,
         "parts_s": {k: {p: round(C.median([r[f"{k}_parts"][p] for r in rows]), 5) for p in rows[0][f"{k}_parts"]}
                     for k in ("miss", "shared_hit", "local_hit")},
     }
@@ -169,6 +181,8 @@ def report(args, machine: dict, side: int, rows: list[dict]) -> int:
           f"{results['shared_hit']['median_s'] * 1000:.1f} ms; local hit: {results['local_hit']['median_s'] * 1000:.1f}"
           f" ms; hits equal miss: {results['hits_equal_miss']}")
     print(f"shared hit / local hit: {shared_over_local:.2f}x; full miss / local hit: {results['miss_over_local_hit']}x")
+    print(f"Qwen3-VL folder identity: {identity['seconds'] * 1000:.1f} ms for {identity['weight_files']} weight "
+          f"file(s), {identity['weight_bytes'] / 1e6:.0f} MB (page cache warm: the folder was just written)")
     print(f"vl forwards on shared hit: {max(results['vl_forwards']['shared_hit'])}")
     print(f"vl forwards on local hit: {max(results['vl_forwards']['local_hit'])}")
     C.finish(C.figure(NAME, f"speed-up (full miss / shared hit, median of {len(rows)})", miss_over_shared, digits=1),
