@@ -83,7 +83,7 @@ class RedisTier:
             self.misses += 1
             return None
         try:
-            entry = self._decode(key, value)
+            entry = await asyncio.to_thread(self._decode, key, value)  # sha256 and parse: off the event loop
         except files.UnusableFile as exc:
             await self.refuse(key, str(exc))
             return None
