@@ -25,6 +25,7 @@ from bot.references import ReferenceStore
 from bot.retention import Retention
 from bot.store import Store
 from bot.styles import StyleBook
+from engine.cache.shared import TieredCache, build_embedding_store
 from engine.cache.store import EmbeddingCache
 from engine.serving.protocols import JobEngine, WorkerConfig
 from engine.serving.worker import EngineWorker
@@ -59,7 +60,7 @@ class Services:
 
     settings: BotSettings
     store: Store
-    cache: EmbeddingCache
+    cache: EmbeddingCache | TieredCache  #: under the shared Redis tier when ZVL_CACHE_REDIS_URL is set
     worker: JobEngine  #: the in-process EngineWorker; the bot uses nothing beyond the protocol
     references: ReferenceStore
     notifier: Notifier
@@ -85,7 +86,8 @@ class Services:
         """Open the database (applying migrations) and build every service; nothing runs yet (see :meth:`start`)."""
         store = await Store.open(settings.db_path)
         try:
-            cache = EmbeddingCache(settings.cache_dir, store.cache_index, settings.cache_max_bytes)
+            cache = build_embedding_store(settings, EmbeddingCache(settings.cache_dir, store.cache_index,
+                                                                   settings.cache_max_bytes))
             await cache.recover()
             worker = EngineWorker(config=WorkerConfig.from_settings(settings), cache=cache,
                                   recorder=SqliteRecorder(settings, store),
@@ -116,6 +118,7 @@ class Services:
         finally:
             await self.loop_lag.stop()
             await self.retention.stop()
+            await self.cache.aclose()
             await self.store.close()
         log.info("services closed")
 

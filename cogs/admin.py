@@ -99,6 +99,11 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot admini
         fields = {"Entries": stats["entries"], "Size": f"{_size(stats['bytes'])} of {_size(stats['max_bytes'])}",
                   "Hits / misses": f"{stats['hits']} / {stats['misses']}", "Evictions": stats["evictions"],
                   "Corrupt dropped": stats["corrupt"]}
+        if "shared" in stats:  # ZVL_CACHE_REDIS_URL: the Redis tier every worker shares
+            shared = stats["shared"]
+            fields["Shared tier (Redis)"] = (f"{shared['hits']} hits / {shared['misses']} misses, {shared['stored']} "
+                                             f"stored, {shared['refused']} refused"
+                                             + ("" if shared["available"] else "; unavailable now (local only)"))
         await interaction.response.send_message(embed=info_embed("Embedding cache", fields), ephemeral=True)
 
     @cache.command(name="clear", description="Delete every cached embedding")

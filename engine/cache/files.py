@@ -23,8 +23,8 @@ from engine.files import atomic_write_bytes
 if TYPE_CHECKING:  # a third-party type only, no project module
     import torch
 
-__all__ = ["OrphanFile", "UnusableFile", "entry_path", "file_size", "read_orphan", "read_verified", "scan",
-           "serialize", "unlink", "write"]
+__all__ = ["DecodedEntry", "OrphanFile", "UnusableFile", "decode", "entry_header", "entry_path", "file_size",
+           "read_orphan", "read_verified", "scan", "serialize", "unlink", "write"]
 
 _FILE_RE = re.compile(r"^([0-9a-f]{64})-([0-9a-f]{16})\.safetensors$")
 
@@ -42,6 +42,22 @@ class OrphanFile:
     bytes: int
     checksum: str
     meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DecodedEntry:
+    """An entry read back from its bytes (see :func:`decode`)."""
+
+    key: str
+    kind: str
+    meta: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+
+def entry_header(key: str, kind: str, meta: Mapping[str, Any]) -> dict[str, str]:
+    """The safetensors metadata of an entry: its key, kind and JSON metadata (what :func:`read_orphan` and
+    :func:`decode` read back, so that the bytes describe themselves wherever they travel)."""
+    return {"zvl.key": key, "zvl.kind": kind, "zvl.meta": json.dumps(dict(meta), sort_keys=True, allow_nan=False)}
 
 
 def entry_path(key: str, checksum: str) -> str:
@@ -119,13 +135,36 @@ def scan(root: Path) -> tuple[list[str], list[str]]:
     return sorted(files), sorted(temps)
 
 
+def _header(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of safetensors bytes (``ValueError``/``struct.error`` when they are not safetensors)."""
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length]).get("__metadata__") or {}
+    if not isinstance(header, dict):
+        raise ValueError("safetensors metadata is not a mapping")
+    return header
+
+
+def decode(data: bytes, checksum: str) -> DecodedEntry:
+    """The entry held by ``data`` (bytes of :func:`serialize` under an :func:`entry_header`) when its sha256 is
+    ``checksum``; :class:`UnusableFile` when it is not, or when the bytes are not such an entry."""
+    if hashlib.sha256(data).hexdigest() != checksum:
+        raise UnusableFile(f"checksum mismatch ({len(data)} bytes)")
+    try:
+        header = _header(data)
+        meta = json.loads(header["zvl.meta"])
+        if not isinstance(meta, dict):
+            raise ValueError("metadata is not a mapping")
+        return DecodedEntry(str(header["zvl.key"]), str(header.get("zvl.kind", "tensor")), meta, _load(data))
+    except (KeyError, ValueError, struct.error) as exc:
+        raise UnusableFile(f"not a cache entry ({exc})") from exc
+
+
 def read_orphan(root: Path, rel: str) -> OrphanFile | None:
     """The header of a complete entry file whose name matches its key and checksum (``None`` when not usable)."""
     match = _FILE_RE.match(Path(rel).name)
     try:
         data = (root / rel).read_bytes()
-        (length,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8 : 8 + length]).get("__metadata__") or {}
+        header = _header(data)
         meta = json.loads(header.get("zvl.meta", "{}"))
         _load(data)
     except (OSError, ValueError, AttributeError, struct.error, UnusableFile):

@@ -33,11 +33,13 @@ from engine.types import (
 __all__ = ["RECORD_VERSION", "VL_RECORD_VERSION", "cache_key", "canonical_json", "check_key", "is_cache_key", "ref_stats_cache_record",
            "text_cache_record", "vl_cache_record"]
 
-#: Bump to invalidate every existing key (part of each record).
-RECORD_VERSION = 1
+#: Bump to invalidate every existing key (part of each record). 2 since issue 17: model identities are
+#: content-only (no folder path, ``engine.models.identity``), so that machines share entries.
+RECORD_VERSION = 2
 #: VL extractions and reference statistics: 2 since issue 14 (canonical keys, per-row layer mixing, content-token
-#: statistics, masking after normalisation: the tensors of version 1 are not those of version 2).
-VL_RECORD_VERSION = 2
+#: statistics, masking after normalisation: the tensors of version 1 are not those of version 2); 3 since issue 17
+#: (path-free model identities, as ``RECORD_VERSION``).
+VL_RECORD_VERSION = 3
 
 _KEY_RE = re.compile(r"[0-9a-f]{64}")
 

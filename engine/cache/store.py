@@ -36,7 +36,7 @@ from engine.types import VLResult
 if TYPE_CHECKING:  # a third-party type only, no project module
     import torch
 
-__all__ = ["CacheEntry", "CacheIndex", "EmbeddingCache", "MemoryCacheIndex"]
+__all__ = ["CacheEntry", "CacheIndex", "EmbeddingCache", "MemoryCacheIndex", "vl_entry", "vl_from_entry"]
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,25 @@ class MemoryCacheIndex:
 # --- the cache --------------------------------------------------------------------------------------------------
 
 
+def vl_entry(result: VLResult) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(tensors, meta)`` of a VL entry: the embeddings as float32 under the name ``"embeddings"``, the rest of
+    ``result`` as metadata."""
+    import torch
+
+    return {"embeddings": result.embeddings.detach().to("cpu", torch.float32).contiguous()}, result.metadata()
+
+
+def vl_from_entry(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> VLResult:
+    """The :class:`VLResult` of a VL entry (:func:`vl_entry`'s form); ``ValueError`` when it is not one."""
+    embeddings = tensors.get("embeddings")
+    try:
+        if embeddings is None or list(embeddings.shape) != list(meta["shape"]):
+            raise ValueError("embeddings missing or not of the recorded shape")
+        return VLResult.from_metadata(embeddings, dict(meta))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a VL entry ({exc})") from exc
+
+
 class EmbeddingCache:
     """Tensors by key under ``root``, indexed by ``index``, kept under ``max_bytes`` by evicting the least recently
     used entries (``max_bytes=0`` turns storing off; lookups then always miss). Counters (``hits``, ``misses``,
@@ -192,8 +211,7 @@ class EmbeddingCache:
         (disk full, permissions: logged, not raised, since a cache failure must not fail a job).
         """
         check_key(key)
-        meta_json = json.dumps(dict(meta), sort_keys=True, allow_nan=False)
-        header = {"zvl.key": key, "zvl.kind": kind, "zvl.meta": meta_json}
+        header = files.entry_header(key, kind, meta)
         data, checksum = await asyncio.to_thread(files.serialize, tensors, header)
         if len(data) > self.max_bytes:
             log.info("cache entry %s (%d bytes) exceeds the budget of %d bytes; not stored", key[:12], len(data),
@@ -208,7 +226,7 @@ class EmbeddingCache:
                 log.warning("cache write of %s failed: %s", key[:12], exc)
                 return
             now = self._now()
-            entry = CacheEntry(key, kind, rel, len(data), checksum, json.loads(meta_json), now, now)
+            entry = CacheEntry(key, kind, rel, len(data), checksum, json.loads(header["zvl.meta"]), now, now)
             await self.index.upsert(entry)  # only now that the file is durable
             if previous is not None and previous.path != rel:
                 await asyncio.to_thread(files.unlink, self.root / previous.path)
@@ -219,24 +237,17 @@ class EmbeddingCache:
         found = await self.get(key)
         if found is None:
             return None
-        tensors, meta = found
-        embeddings = tensors.get("embeddings")
         try:
-            if embeddings is None or list(embeddings.shape) != list(meta["shape"]):
-                raise ValueError("embeddings missing or not of the recorded shape")
-            return VLResult.from_metadata(embeddings, meta)
-        except (KeyError, TypeError, ValueError) as exc:
+            return vl_from_entry(*found)
+        except ValueError as exc:
             entry = await self.index.get(key)
             if entry is not None:
-                await self._drop(entry, f"not a VL entry ({exc})")
+                await self._drop(entry, str(exc))
             return None
 
     async def put_vl(self, key: str, result: VLResult) -> None:
-        """Store ``result``: its embeddings as float32 under the name ``"embeddings"``, the rest as metadata."""
-        import torch
-
-        embeddings = result.embeddings.detach().to("cpu", torch.float32).contiguous()
-        await self.put(key, {"embeddings": embeddings}, result.metadata(), kind="vl")
+        """Store ``result`` in :func:`vl_entry`'s form."""
+        await self.put(key, *vl_entry(result), kind="vl")
 
     async def delete(self, key: str) -> bool:
         """Remove one entry; ``False`` when there was none."""
@@ -247,6 +258,9 @@ class EmbeddingCache:
             await self.index.delete(key)
             await asyncio.to_thread(files.unlink, self.root / entry.path)
             return True
+
+    async def aclose(self) -> None:
+        """Nothing to release (each file is closed after its access); the shared tier's counterpart closes Redis."""
 
     async def stats(self) -> dict[str, int]:
         """``entries``, ``bytes``, ``max_bytes`` and this process's ``hits``, ``misses``, ``evictions``, ``corrupt``."""
