@@ -224,7 +224,9 @@ class EmbeddingCache:
         try:
             if embeddings is None or list(embeddings.shape) != list(meta["shape"]):
                 raise ValueError("embeddings missing or not of the recorded shape")
-            return VLResult.from_metadata(embeddings, meta)
+            result = VLResult.from_metadata(embeddings, meta)
+            result.attention = tensors.get("attention")  # append_selection=attention's ranking, stored beside
+            return result
         except (KeyError, TypeError, ValueError) as exc:
             entry = await self.index.get(key)
             if entry is not None:
@@ -235,8 +237,10 @@ class EmbeddingCache:
         """Store ``result``: its embeddings as float32 under the name ``"embeddings"``, the rest as metadata."""
         import torch
 
-        embeddings = result.embeddings.detach().to("cpu", torch.float32).contiguous()
-        await self.put(key, {"embeddings": embeddings}, result.metadata(), kind="vl")
+        tensors = {"embeddings": result.embeddings.detach().to("cpu", torch.float32).contiguous()}
+        if result.attention is not None:
+            tensors["attention"] = result.attention.detach().to("cpu", torch.float32).contiguous()
+        await self.put(key, tensors, result.metadata(), kind="vl")
 
     async def delete(self, key: str) -> bool:
         """Remove one entry; ``False`` when there was none."""

@@ -159,7 +159,7 @@ class StylePipeline:
             normalization=Normalization.parse(settings["normalization"], "normalization"),
             target_std=request.target_std, outlier_mode=OutlierMode.parse(request.outlier_mode, "outlier_mode"),
             outlier_threshold=request.outlier_threshold, outlier_direction=request.outlier_direction,
-            reference_stats=stats, think=settings["think"],
+            reference_stats=stats, think=settings["think"], attention=settings.get("selection") == "attention",
         )
 
     def encode_reference(self, request: StylizeRequest) -> VLResult | None:
@@ -211,12 +211,15 @@ class StylePipeline:
         if mode is BlendMode.STYLE_DELTA and neutral is None:
             neutral = self.neutral_reference(request)
         grid = vl.settings.get("image_grid")
+        weights = vl.attention if mode is BlendMode.APPEND and request.append_selection == "attention" else None
+        if mode is BlendMode.APPEND and request.append_selection == "attention" and weights is None:
+            raise ValueError("append_selection attention needs the extraction made with it: pass encode(request)'s vl")
         return blend_embeddings(
             vl.embeddings, text_emb, alpha, mode,
             image_mask=torch.tensor(vl.image_mask, dtype=torch.bool),
             neutral=neutral.embeddings if neutral is not None else None,
             append_tokens=request.append_tokens, image_grid=tuple(grid) if grid else None,
-            row_scale=self.row_scale(request, text_emb),
+            row_scale=self.row_scale(request, text_emb), row_weights=weights,
         )
 
     def row_scale(self, request: StylizeRequest, text_emb: torch.Tensor) -> float | None:
