@@ -176,8 +176,9 @@ class EngineSettings(BaseSettings):
     fit_mode: FitMode = Field(FitMode.POOL, description="how captions over 1504 positions are shortened")
     style_schedule: StyleSchedule = Field(StyleSchedule.CONSTANT, description="the reference's share over the "
                                           "denoising steps: constant | early | late | ramp | ramp_down")
-    append_selection: AppendSelection = Field(AppendSelection.POOL, description="the image rows blend mode 'append' "
-                                              "adds: pool (2-D area pools) | attention (the rows the prompt attends to)")
+    append_selection: AppendSelection = Field(AppendSelection.POOL, description="the image rows blend mode "
+                                              "'append' adds: pool (2-D area pools) | attention (the rows the prompt "
+                                              "attends to)")
     steps: int = _bounded(9, "steps", "denoising steps")
     guidance_scale: float = _bounded(0.0, "guidance_scale", "CFG scale (0 = off, as Turbo expects)")
     shift: float = _bounded(3.0, "shift", "flow-matching scheduler shift")

@@ -272,9 +272,9 @@ class StylizeRequest:
     def vl_settings(self) -> dict[str, Any]:
         """What the extraction depends on besides the pixels, canonical and JSON-safe: ``layers``, ``tokens``, the
         :func:`applicable_vl_settings` (``style_delta`` takes raw states unless the normalisation is row-local, so an
-        image-independent row gives δ = 0), ``text`` (``vl_text`` or the prompt; ``None`` for :data:`PROMPT_FREE_TOKENS`
-        and ``append`` under a row-local normalisation, never with ``selection``: attention ranks the rows by the
-        prompt), ``think`` (VL's think block, with a text only). The extraction runs with these; keys derive from them."""
+        image-independent row gives δ = 0), ``text`` (``vl_text`` or the prompt; ``None`` for PROMPT_FREE_TOKENS and
+        ``append`` under a row-local normalisation, never with ``selection``: attention ranks the rows by the prompt),
+        ``think`` (VL's think block, with a text only). The extraction runs with these; every key derives from them."""
         f = {name: getattr(self, name) for name in VL_FIELDS}
         mode = BlendMode.parse(f["blend_mode"], "blend_mode")
         norm = Normalization.parse(f["normalization"], "normalization")

@@ -295,7 +295,7 @@ class VLExtractor:
         naming the parameter for every bad value. ``reference_stats`` (``[D]`` ``.mean``/``.std``, e.g.
         ``TextEncoder.reference_stats()``) is needed by outlier masking and ``per_dim``/``hybrid``; ``max_image_tokens``
         overrides the extractor's budget for this call; ``think`` renders the template with the empty think block;
-        ``attention`` records the prompt's attention on each image row (``VLResult.attention``, ``conditioning.attention``)."""
+        ``attention`` records the prompt's attention per image row (``VLResult.attention``, ``conditioning.attention``)."""
         options = extract_options(
             hidden_layer=hidden_layer, num_layers=self.num_layers, tokens=tokens, normalization=normalization,
             scale_to_text=scale_to_text, target_std=target_std, outlier_mode=outlier_mode,
@@ -317,7 +317,8 @@ class VLExtractor:
                                          n_image=sum(k == PositionKind.IMAGE.value for k in kinds))
         return VLResult(embeddings=out, kinds=[kinds[p] for p in keep], image_span=span,
                         original_std=std_all(selected), scaled_std=std_all(out), scale_factor=float(factor),
-                        masked_dimensions=masked[0], masked_ratios=masked[1], settings=settings, attention=fwd.attention)
+                        masked_dimensions=masked[0], masked_ratios=masked[1], settings=settings,
+                        attention=fwd.attention)
 
     def _check_call(self, image: Any, reference_stats: Any, max_image_tokens: int | None) -> int:
         """Check the image and statistics of one call; returns its image-token budget."""

@@ -248,7 +248,7 @@ class Generator:
         """The denoising loop → final latents (float32) and the parameter record (settings checked before by
         ``engine.generation.checks``; this checks the embeddings). ``prompt_embeds`` / ``negative_prompt_embeds`` (CFG):
         one ``[L, D]`` for every seed, or one per seed; ``image`` + ``strength``: img2img; ``step_captions``: one per
-        image (``None``: ``prompt_embeds`` throughout, ``generation.stepped``). :class:`Cancelled` on ``should_abort``."""
+        image (``None``: ``prompt_embeds`` throughout, ``generation.stepped``). Raises :class:`Cancelled` on abort."""
         seeds = [int(seeds)] if isinstance(seeds, int) else [int(s) for s in seeds]
         fit, guidance, n = FitMode.parse(fit_mode, "fit_mode"), float(guidance_scale), len(seeds)
         images = _per_seed_images(image, n)
