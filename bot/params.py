@@ -18,11 +18,13 @@ from bot.store.defaults import PRESET_KEYS, USER_DEFAULT_KEYS, global_defaults, 
 from engine.sweep.presets import PRESETS as SWEEP_PRESETS
 from engine.sweep.axes import parse_values
 from engine.types import (
+    AppendSelection,
     BlendMode,
     FitMode,
     Normalization,
     OutlierDirection,
     OutlierMode,
+    StyleSchedule,
     StylizeRequest,
     TokenMode,
     alpha_to_style_weight,
@@ -92,6 +94,21 @@ BLEND_MODES: dict[BlendMode, tuple[str, str]] = {
 }
 
 
+#: The style schedules and append selections in plain words (option labels), in step with
+#: ``engine.conditioning.schedule`` and ``engine.conditioning.attention``.
+STYLE_SCHEDULES: dict[StyleSchedule, str] = {
+    StyleSchedule.CONSTANT: "default: the same style weight at every step",
+    StyleSchedule.EARLY: "style on the first half of the steps only (layout and colours)",
+    StyleSchedule.LATE: "style on the second half of the steps only (texture and detail)",
+    StyleSchedule.RAMP: "style grows from none at the first step to full at the last",
+    StyleSchedule.RAMP_DOWN: "style fades from full at the first step to none at the last",
+}
+APPEND_SELECTIONS: dict[AppendSelection, str] = {
+    AppendSelection.POOL: "default: summaries of the whole reference",
+    AppendSelection.ATTENTION: "the parts of the reference your prompt looks at most",
+}
+
+
 @dataclass(frozen=True)
 class GenerationOptions:
     """What a command gave; ``None`` means "not given" (the user's defaults, then the preset, then the settings)."""
@@ -108,12 +125,15 @@ class GenerationOptions:
     preset: str | None = None
     private: bool | None = None
     style: str | None = None  #: a style code (``ab12cd34`` or ``ab12cd34::1``) instead of an attached image
+    style_schedule: str | None = None
+    append_selection: str | None = None
 
     def request_layer(self) -> dict[str, Any]:
         """The options as a ``resolve_params`` layer (parameter names of ``bot.store.defaults.PARAM_SPECS``)."""
         out: dict[str, Any] = {
             "style_weight": self.style_weight, "blend_mode": self.blend_mode, "layer": self.layer,
             "tokens": self.tokens, "seed": self.seed, "steps": self.steps, "private": self.private,
+            "style_schedule": self.style_schedule, "append_selection": self.append_selection,
         }  # fmt: skip
         if self.size is not None:
             out["width"], out["height"] = size_of(self.size)
@@ -156,6 +176,7 @@ def settings_defaults(settings: Any) -> dict[str, Any]:
         outlier_mode=str(settings.outlier_mode), outlier_threshold=settings.outlier_threshold,
         append_tokens=settings.append_tokens, fit_mode=str(settings.fit_mode), steps=settings.steps,
         width=settings.width, height=settings.height, guidance_scale=settings.guidance_scale, shift=settings.shift,
+        style_schedule=str(settings.style_schedule), append_selection=str(settings.append_selection),
     )  # fmt: skip
     return out
 
@@ -191,6 +212,9 @@ def build_request(resolved: dict[str, Any], *, prompt: str, reference: Any, stre
         strength=strength,
         guidance_scale=float(resolved["guidance_scale"]),
         shift=float(resolved["shift"]),
+        # .get: a job stored before these settings existed replays as it ran
+        style_schedule=StyleSchedule.parse(resolved.get("style_schedule", "constant"), "style_schedule"),
+        append_selection=AppendSelection.parse(resolved.get("append_selection", "pool"), "append_selection"),
     )
 
 

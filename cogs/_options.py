@@ -10,7 +10,15 @@ import discord
 from discord import app_commands
 
 from bot.errors import UserError
-from bot.params import BLEND_MODES, RESETTABLE, SIZES, check_axis_values, sweep_presets
+from bot.params import (
+    APPEND_SELECTIONS,
+    BLEND_MODES,
+    RESETTABLE,
+    SIZES,
+    STYLE_SCHEDULES,
+    check_axis_values,
+    sweep_presets,
+)
 from bot.services import services_of
 from engine.limits import LIMITS
 
@@ -27,6 +35,10 @@ TOKEN_CHOICES = [
     app_commands.Choice(name="image_no_markers: the image tokens alone", value="image_no_markers"),
     app_commands.Choice(name="text: no image tokens (almost no style)", value="text"),
 ]
+SCHEDULE_CHOICES = [app_commands.Choice(name=f"{s.value}: {text}"[:100], value=s.value)
+                    for s, text in STYLE_SCHEDULES.items()]
+SELECTION_CHOICES = [app_commands.Choice(name=f"{s.value}: {text}"[:100], value=s.value)
+                     for s, text in APPEND_SELECTIONS.items()]
 SIZE_CHOICES = [app_commands.Choice(name=f"{name} ({w}×{h})", value=name) for name, (w, h) in SIZES.items()]
 SWEEP_PRESET_CHOICES = [app_commands.Choice(name=f"{name}: {text}"[:100], value=name)
                         for name, text in sweep_presets().items()]
@@ -47,6 +59,8 @@ DESCRIBE = {
     "preset": "A server preset to start from",
     "private": "Only you see the result",
     "style": "A style code from an earlier result (e.g. ab12cd34), instead of attaching the image",
+    "style_schedule": "How the style's share changes over the denoising steps (default constant)",
+    "append_selection": "Blend mode append: which parts of the reference are added (default pool)",
 }
 
 
@@ -137,6 +151,8 @@ Size = app_commands.Transform[str, OneOf("size", SIZE_CHOICES)]
 BlendModeName = app_commands.Transform[str, OneOf("blend_mode", BLEND_MODE_CHOICES)]
 ModeName = app_commands.Transform[str, OneOf("mode", BLEND_MODE_CHOICES)]  # /blendmode set|info call it "mode"
 TokensName = app_commands.Transform[str, OneOf("tokens", TOKEN_CHOICES)]
+ScheduleName = app_commands.Transform[str, OneOf("style_schedule", SCHEDULE_CHOICES)]
+SelectionName = app_commands.Transform[str, OneOf("append_selection", SELECTION_CHOICES)]
 SweepPresetName = app_commands.Transform[str, OneOf("preset", SWEEP_PRESET_CHOICES)]
 ResetName = app_commands.Transform[str, OneOf("setting", RESET_CHOICES)]
 
@@ -148,6 +164,8 @@ Normalizations = app_commands.Transform[str, AxisValues("normalizations")]
 Outliers = app_commands.Transform[str, AxisValues("outliers")]
 Strengths = app_commands.Transform[str, AxisValues("strengths")]
 Seeds = app_commands.Transform[str, AxisValues("seeds")]
+Schedules = app_commands.Transform[str, AxisValues("schedules")]
+Selections = app_commands.Transform[str, AxisValues("selections")]
 
 
 async def preset_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:

@@ -15,14 +15,17 @@ from cogs._options import (
     BlendModeName,
     Layer,
     ResetName,
+    ScheduleName,
     Seed,
+    SelectionName,
     Size,
     Steps,
     StyleWeight,
     TokensName,
 )
 
-SHOWN = ("style_weight", "blend_mode", "layer", "tokens", "steps", "width", "height", "seed", "private")
+SHOWN = ("style_weight", "blend_mode", "layer", "tokens", "steps", "width", "height", "seed", "private",
+         "style_schedule", "append_selection")
 
 
 class Defaults(commands.GroupCog, group_name="defaults", group_description="Your default settings"):
@@ -43,15 +46,17 @@ class Defaults(commands.GroupCog, group_name="defaults", group_description="Your
 
     @app_commands.command(name="set", description="Change your defaults (only the options you give)")
     @app_commands.describe(**{k: DESCRIBE[k] for k in ("style_weight", "blend_mode", "layer", "tokens", "seed",
-                                                       "steps", "size")},
+                                                       "steps", "size", "style_schedule", "append_selection")},
                            private="Make your results private by default")
     async def set_defaults(self, interaction: discord.Interaction, style_weight: StyleWeight | None = None,
                            blend_mode: BlendModeName | None = None, layer: Layer | None = None,
                            tokens: TokensName | None = None,
                            seed: Seed | None = None, steps: Steps | None = None, size: Size | None = None,
-                           private: bool | None = None) -> None:
+                           private: bool | None = None, style_schedule: ScheduleName | None = None,
+                           append_selection: SelectionName | None = None) -> None:
         changes = GenerationOptions(style_weight=style_weight, blend_mode=blend_mode, layer=layer, tokens=tokens,
-                                    seed=seed, steps=steps, size=size, private=private).request_layer()
+                                    seed=seed, steps=steps, size=size, private=private, style_schedule=style_schedule,
+                                    append_selection=append_selection).request_layer()
         if not changes:
             raise UserError("Give at least one setting to change (see `/defaults show`).")
         try:

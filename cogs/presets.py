@@ -20,7 +20,9 @@ from cogs._options import (
     Layer,
     PresetName,
     Prompt,
+    ScheduleName,
     Seed,
+    SelectionName,
     Size,
     Steps,
     StyleWeight,
@@ -41,15 +43,17 @@ class Presets(commands.GroupCog, group_name="preset", group_description="Server 
     @app_commands.describe(name="Preset name (up to 32 characters)",
                            overwrite="Replace a preset of the same name",
                            **{k: DESCRIBE[k] for k in ("style_weight", "blend_mode", "layer", "tokens", "steps",
-                                                       "size")})
+                                                       "size", "style_schedule", "append_selection")})
     @manage_guild()
     async def save(self, interaction: discord.Interaction, name: PresetName, style_weight: StyleWeight | None = None,
                    blend_mode: BlendModeName | None = None, layer: Layer | None = None,
                    tokens: TokensName | None = None,
-                   steps: Steps | None = None, size: Size | None = None, overwrite: bool = False) -> None:
+                   steps: Steps | None = None, size: Size | None = None, overwrite: bool = False,
+                   style_schedule: ScheduleName | None = None, append_selection: SelectionName | None = None) -> None:
         services = services_of(interaction)
         params = GenerationOptions(style_weight=style_weight, blend_mode=blend_mode, layer=layer, tokens=tokens,
-                                   steps=steps, size=size).request_layer()
+                                   steps=steps, size=size, style_schedule=style_schedule,
+                                   append_selection=append_selection).request_layer()
         if not params:  # no settings given: the caller's own defaults
             params = defaults_from(await services.store.defaults.get(interaction.user.id))
         if not params:

@@ -14,7 +14,9 @@ from cogs._options import (
     BlendModeName,
     Layer,
     Prompt,
+    ScheduleName,
     Seed,
+    SelectionName,
     Size,
     Steps,
     Strength,
@@ -40,11 +42,13 @@ class Stylize(commands.Cog):
                       prompt: Prompt | None = None, style_weight: StyleWeight | None = None,
                       blend_mode: BlendModeName | None = None, layer: Layer | None = None,
                       tokens: TokensName | None = None, seed: Seed | None = None, steps: Steps | None = None,
-                      size: Size | None = None, strength: Strength | None = None, preset: str | None = None,
-                      private: bool | None = None, style: str | None = None) -> None:
+                      size: Size | None = None, strength: Strength | None = None,
+                      style_schedule: ScheduleName | None = None, append_selection: SelectionName | None = None,
+                      preset: str | None = None, private: bool | None = None, style: str | None = None) -> None:
         options = GenerationOptions(prompt=prompt or "", style_weight=style_weight, blend_mode=blend_mode,
                                     layer=layer, tokens=tokens, seed=seed, steps=steps, size=size, strength=strength,
-                                    preset=preset, private=private, style=style)
+                                    preset=preset, private=private, style=style, style_schedule=style_schedule,
+                                    append_selection=append_selection)
         await services_of(interaction).jobs.stylize(interaction, image, options)
 
 

@@ -19,8 +19,10 @@ from cogs._options import (
     Normalizations,
     Outliers,
     Prompt,
+    Schedules,
     Seed,
     Seeds,
+    Selections,
     Size,
     Steps,
     Strengths,
@@ -31,7 +33,8 @@ from cogs._options import (
 
 #: Value-list options and the sweep axis each one sets.
 LISTS = {"alphas": "alphas", "layers": "layers", "modes": "modes", "token_modes": "tokens",
-         "normalizations": "normalizations", "outliers": "outliers", "strengths": "strengths", "seeds": "seeds"}
+         "normalizations": "normalizations", "outliers": "outliers", "strengths": "strengths", "seeds": "seeds",
+         "schedules": "schedules", "selections": "selections"}
 
 
 class Sweep(commands.Cog):
@@ -51,6 +54,8 @@ class Sweep(commands.Cog):
         outliers="Outlier masking: none, zero, clamp, scale",
         strengths="Img2img strengths 0-1 (none = txt2img), e.g. none,0.6,0.9",
         seeds="Seeds, e.g. 1,2,3",
+        schedules="Style schedules: constant, early, late, ramp, ramp_down",
+        selections="Append's selections: pool, attention",
         **{k: DESCRIBE[k] for k in ("image", "prompt", "style_weight", "blend_mode", "seed", "steps", "size",
                                     "private")},
     )
@@ -66,13 +71,12 @@ class Sweep(commands.Cog):
                     token_modes: TokenModes | None = None,
                     normalizations: Normalizations | None = None,
                     outliers: Outliers | None = None,
-                    strengths: Strengths | None = None,
-                    seeds: Seeds | None = None,
+                    strengths: Strengths | None = None, seeds: Seeds | None = None,
+                    schedules: Schedules | None = None, selections: Selections | None = None,
                     style_weight: StyleWeight | None = None, blend_mode: BlendModeName | None = None,
                     seed: Seed | None = None, steps: Steps | None = None, size: Size | None = None,
                     private: bool | None = None) -> None:
-        given = {"alphas": alphas, "layers": layers, "modes": modes, "token_modes": token_modes,
-                 "normalizations": normalizations, "outliers": outliers, "strengths": strengths, "seeds": seeds}
+        given = {name: value for name, value in locals().items() if name in LISTS}  # the value-list options
         overrides = {LISTS[name]: value for name, value in given.items() if value is not None}
         if preset is None and not overrides:
             raise UserError("Pick a sweep `preset` or give at least one value list (e.g. `alphas: 0.2,0.5,0.8`).")

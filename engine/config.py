@@ -36,7 +36,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from engine.limits import LIMITS
-from engine.types import BlendMode, FitMode, Normalization, OutlierMode, TokenMode
+from engine.types import AppendSelection, BlendMode, FitMode, Normalization, OutlierMode, StyleSchedule, TokenMode
 
 def _bounded(default: Any, key: str, description: str) -> Any:
     """A ``Field`` whose bounds are ``engine.limits.LIMITS[key]`` (so a setting can't hold what a request refuses)."""
@@ -174,6 +174,11 @@ class EngineSettings(BaseSettings):
     outlier_threshold: float = _bounded(10.0, "outlier_threshold", "std-ratio threshold for outlier masking")
     append_tokens: int = _bounded(64, "append_tokens", "pooled image tokens appended by blend mode 'append'")
     fit_mode: FitMode = Field(FitMode.POOL, description="how captions over 1504 positions are shortened")
+    style_schedule: StyleSchedule = Field(StyleSchedule.CONSTANT, description="the reference's share over the "
+                                          "denoising steps: constant | early | late | ramp | ramp_down")
+    append_selection: AppendSelection = Field(AppendSelection.POOL, description="the image rows blend mode "
+                                              "'append' adds: pool (2-D area pools) | attention (the rows the prompt "
+                                              "attends to)")
     steps: int = _bounded(9, "steps", "denoising steps")
     guidance_scale: float = _bounded(0.0, "guidance_scale", "CFG scale (0 = off, as Turbo expects)")
     shift: float = _bounded(3.0, "shift", "flow-matching scheduler shift")

@@ -1,9 +1,7 @@
 """Value types shared by every stage of the engine, and by the CLI, worker and bot that call it.
 
-Everything here is data: enums, frozen dataclasses and one documented mapping. No torch work happens here, so the
-bot can import these types without loading a model. Tensor shapes are given as ``[L, D]``: ``L`` positions of a
-sequence, ``D`` the hidden width (2560 for the real Qwen3-4B / Qwen3-VL-4B, 64 for the tiny test models).
-"""
+Data only (enums, dataclasses), no torch work: the bot imports them without loading a model. Shapes are ``[L, D]``:
+``L`` positions, ``D`` the hidden width (2560 for Qwen3-4B / Qwen3-VL-4B, 64 for the tiny models)."""
 
 from __future__ import annotations
 
@@ -11,6 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
+
+from engine.styleweight import alpha_to_style_weight, style_weight_to_alpha  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -92,6 +92,21 @@ class FitMode(_Choice):
     ATTENTION_POOL = "attention_pool"
 
 
+class StyleSchedule(_Choice):
+    """The reference's share over the denoising steps (formulas: ``engine.conditioning.schedule``)."""
+    CONSTANT = "constant"  #: alpha at every step (the one-caption path)
+    EARLY = "early"  #: alpha on the first half of the steps (composition), none after
+    LATE = "late"  #: none on the first half, alpha after (texture and detail)
+    RAMP, RAMP_DOWN = "ramp", "ramp_down"  #: linear from 0 to alpha / from alpha to 0 over the steps
+
+
+class AppendSelection(_Choice):
+    """Which image rows ``append`` adds: 2-D area ``pool`` s, or the rows the prompt's tokens give most
+    ``attention`` at the chosen layer (``engine.conditioning.attention``)."""
+    POOL = "pool"
+    ATTENTION = "attention"
+
+
 class PositionKind(_Choice):
     TEXT = "text"
     IMAGE = "image"
@@ -100,27 +115,6 @@ class PositionKind(_Choice):
 
 #: Largest caption the Z-Image DiT accepts after padding to a multiple of 32 (RoPE axis-0 table of 1536 entries).
 MAX_CAPTION_LEN = 1504
-
-
-def style_weight_to_alpha(style_weight: float) -> float:
-    """Midjourney-like style weight (0-1000, default 100) → blend alpha (0-1), piecewise linear: ``0 -> 0``,
-    ``100 -> 0.3`` (the seed's "slight style"), ``1000 -> 1``; ``ValueError`` outside 0..1000."""
-    sw = float(style_weight)
-    if not 0.0 <= sw <= 1000.0:
-        raise ValueError(f"style_weight must be between 0 and 1000; got {style_weight!r}")
-    if sw <= 100.0:
-        return round(0.003 * sw, 6)
-    return round(0.3 + 0.7 * (sw - 100.0) / 900.0, 6)
-
-
-def alpha_to_style_weight(alpha: float) -> float:
-    """Inverse of :func:`style_weight_to_alpha` (for showing a stored alpha as a style weight)."""
-    a = float(alpha)
-    if not 0.0 <= a <= 1.0:
-        raise ValueError(f"alpha must be between 0 and 1; got {alpha!r}")
-    if a <= 0.3:
-        return round(a / 0.003, 3)
-    return round(100.0 + (a - 0.3) * 900.0 / 0.7, 3)
 
 
 @dataclass(frozen=True)
@@ -195,6 +189,7 @@ class VLResult:
     masked_dimensions: list[int] = field(default_factory=list)
     masked_ratios: dict[int, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    attention: torch.Tensor | None = None  #: ``[n_image]`` the prompt's attention mass per image row, or ``None``
 
     @property
     def image_mask(self) -> list[bool]:
@@ -235,7 +230,7 @@ class VLResult:
 #: The request fields an extraction may depend on (besides pixels and text layer): :meth:`StylizeRequest.vl_settings`
 #: reads these and keeps what applies; vl_identity and both VL cache keys derive from it.
 VL_FIELDS = ("hidden_layer", "tokens", "normalization", "target_std", "outlier_mode", "outlier_threshold",
-             "outlier_direction", "blend_mode", "prompt", "vl_text", "think")
+             "outlier_direction", "blend_mode", "prompt", "vl_text", "think", "append_selection")
 
 
 @dataclass(frozen=True)
@@ -271,13 +266,15 @@ class StylizeRequest:
     strength: float | None = None
     guidance_scale: float = 0.0
     shift: float = 3.0
+    style_schedule: StyleSchedule = StyleSchedule.CONSTANT  #: the reference's share over the steps
+    append_selection: AppendSelection = AppendSelection.POOL  #: append's rows: pooled, or chosen by attention
 
     def vl_settings(self) -> dict[str, Any]:
         """What the extraction depends on besides the pixels, canonical and JSON-safe: ``layers``, ``tokens``, the
         :func:`applicable_vl_settings` (``style_delta`` takes raw states unless the normalisation is row-local, so an
-        image-independent row gives δ = 0), ``text`` (``vl_text`` or the prompt;
-        ``None`` for :data:`PROMPT_FREE_TOKENS` and for ``append`` under a row-local normalisation) and ``think``
-        (VL's think block, with a text only). The extraction runs with exactly these; every key derives from them."""
+        image-independent row gives δ = 0), ``text`` (``vl_text`` or the prompt; ``None`` for PROMPT_FREE_TOKENS and
+        ``append`` under a row-local normalisation, never with ``selection``: attention ranks the rows by the prompt),
+        ``think`` (VL's think block, with a text only). The extraction runs with these; every key derives from them."""
         f = {name: getattr(self, name) for name in VL_FIELDS}
         mode = BlendMode.parse(f["blend_mode"], "blend_mode")
         norm = Normalization.parse(f["normalization"], "normalization")
@@ -287,6 +284,8 @@ class StylizeRequest:
                **applicable_vl_settings(norm, f["target_std"], f["outlier_mode"], f["outlier_threshold"],
                                         f["outlier_direction"])}
         image_only = out["tokens"] in PROMPT_FREE_TOKENS or (mode is BlendMode.APPEND and row_local)
+        if mode is BlendMode.APPEND and f["append_selection"] == AppendSelection.ATTENTION:  # ranked by the prompt
+            image_only, out["selection"] = False, "attention"
         text = f["vl_text"] if f["vl_text"] is not None else f["prompt"]
         out["text"] = None if image_only or not text else str(text)
         out["think"] = bool(f["think"]) and out["text"] is not None
@@ -339,7 +338,8 @@ class StylizeRequest:
     def from_record(cls, record: dict[str, Any], reference: Image.Image | None = None) -> StylizeRequest:
         """The inverse of :meth:`record` (a job row rebuilt after a restart); unknown keys are ignored."""
         enums = {"blend_mode": BlendMode, "tokens": TokenMode, "normalization": Normalization,
-                 "outlier_mode": OutlierMode, "outlier_direction": OutlierDirection, "fit_mode": FitMode}
+                 "outlier_mode": OutlierMode, "outlier_direction": OutlierDirection, "fit_mode": FitMode,
+                 "style_schedule": StyleSchedule, "append_selection": AppendSelection}
         names = {f.name for f in dataclasses.fields(cls)} - {"reference"}
         kwargs: dict[str, Any] = {}
         for key, value in record.items():
@@ -372,9 +372,8 @@ class StylizeResult:
 
 @dataclass
 class Encoded:
-    """What :meth:`StylePipeline.encode` gives for one request (steps 2-4): everything the DiT stage needs.
+    """What :meth:`StylePipeline.encode` gives for one request (steps 2-4): everything the DiT stage needs. Attributes:
 
-    Attributes:
         prompt_embeds: the prompt's Qwen3 hidden state at ``text_layer``, ``[L_t, D]`` float32 on the CPU.
         vl: the reference's Qwen3-VL extraction, or ``None`` without a reference or at ``alpha == 0``.
         neutral: ``style_delta``'s mid-gray extraction, or ``None`` for the other modes.
@@ -398,3 +397,4 @@ class Caption:
     blended: torch.Tensor  #: ``[L_b, D]``, after the blend
     caption: torch.Tensor  #: ``[L_c, D]``, ``L_c <= MAX_CAPTION_LEN``: what the DiT reads
     negative: torch.Tensor | None  #: CFG's negative, or ``None`` without CFG
+    steps: Any = None  #: ``style_schedule``'s per-step captions (``generation.stepped.StepCaptions``); ``None``: one

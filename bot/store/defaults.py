@@ -18,12 +18,14 @@ import aiosqlite
 from bot.store.db import fetch_one, from_json, to_db_time, to_json, transaction, utcnow
 from engine.limits import LIMITS
 from engine.types import (
+    AppendSelection,
     BlendMode,
     FitMode,
     LayerWeight,
     Normalization,
     OutlierDirection,
     OutlierMode,
+    StyleSchedule,
     StylizeRequest,
     TokenMode,
     alpha_to_style_weight,
@@ -98,6 +100,8 @@ PARAM_SPECS: dict[str, Validator] = {
     "outlier_direction": _choice(OutlierDirection),
     "append_tokens": _limited("append_tokens"),
     "fit_mode": _choice(FitMode),
+    "style_schedule": _choice(StyleSchedule),
+    "append_selection": _choice(AppendSelection),
     "steps": _limited("steps"),
     "width": _limited("width"),
     "height": _limited("height"),
@@ -110,7 +114,7 @@ PARAM_SPECS: dict[str, Validator] = {
 #: Keys a user may store as personal defaults (``/defaults set``).
 USER_DEFAULT_KEYS: frozenset[str] = frozenset(
     {"style_weight", "alpha", "blend_mode", "layer", "tokens", "normalization", "outlier_mode", "steps", "width",
-     "height", "seed", "private"}
+     "height", "seed", "private", "style_schedule", "append_selection"}
 )  # fmt: skip
 
 #: Keys a server preset may hold: every generation parameter (``private`` is a per-user choice).

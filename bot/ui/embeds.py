@@ -103,6 +103,8 @@ def parameter_fields(resolved: Mapping[str, Any], *, strength: float | None = No
     ]
     extra = [("Normalization", resolved.get("normalization"), "row_rms"),
              ("Outliers", resolved.get("outlier_mode"), "none"),
+             ("Style schedule", resolved.get("style_schedule"), "constant"),
+             ("Append selection", resolved.get("append_selection"), "pool"),
              ("Guidance", resolved.get("guidance_scale"), 0.0)]
     out += [(name, str(value)) for name, value, usual in extra if value is not None and value != usual]
     if preset:
@@ -225,7 +227,8 @@ def settings_lines(params: Mapping[str, Any]) -> dict[str, str]:
     """Stored settings (defaults or a preset) as display fields."""
     names = {"style_weight": "Style weight", "alpha": "Alpha", "blend_mode": "Blend mode", "layer": "VL layer",
              "tokens": "Tokens", "steps": "Steps", "seed": "Seed", "private": "Private",
-             "normalization": "Normalization", "outlier_mode": "Outliers"}
+             "normalization": "Normalization", "outlier_mode": "Outliers", "style_schedule": "Style schedule",
+             "append_selection": "Append selection"}
     out: dict[str, str] = {}
     for key, value in params.items():
         if key in ("width", "height"):

@@ -59,7 +59,7 @@ def pipeline_vl_key(pipe: Any, request: StylizeRequest, identities: dict[tuple[i
         target_std=s.get("target_std", 0.0), outlier_mode=s["outlier_mode"],
         outlier_threshold=s.get("outlier_threshold", 0.0), outlier_direction=s.get("outlier_direction", "both"),
         image_token_budget=getattr(pipe, "vl_max_image_tokens", None), model_identity=ident, reference_stats=stats,
-        dtype=dtype)
+        dtype=dtype, selection=s.get("selection"))
     return cache_key(record)
 
 

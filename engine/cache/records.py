@@ -92,7 +92,7 @@ def vl_cache_record(
     token_mode: TokenMode | str, normalization: Normalization | str, target_std: float,
     outlier_mode: OutlierMode | str, outlier_threshold: float, outlier_direction: OutlierDirection | str,
     image_token_budget: int | None, model_identity: str, reference_stats: str | None = None, dtype: str | None = None,
-    think: bool = False,
+    think: bool = False, selection: str | None = None,
 ) -> dict[str, Any]:
     """The record of a Qwen3-VL extraction (:class:`~engine.types.VLResult`), canonical (issue 14):
 
@@ -101,7 +101,9 @@ def vl_cache_record(
     * :func:`~engine.types.applicable_vl_settings`: ``target_std`` only under global/hybrid, the outlier threshold
       and direction only when masking is on;
     * ``text`` is what Qwen3-VL read with the image (``None`` for a prompt-free extraction,
-      ``StylizeRequest.vl_settings``), ``think`` whether its template had the think block.
+      ``StylizeRequest.vl_settings``), ``think`` whether its template had the think block;
+    * ``selection`` (``"attention"``: the entry also holds the prompt's attention per image row) only when set, so
+      every other key is what it was before ``append_selection``.
 
     ``image_token_budget`` is the processor's token limit (``None``: its default); ``reference_stats`` the key of
     the statistics compared against; ``dtype`` the compute dtype.
@@ -121,6 +123,7 @@ def vl_cache_record(
         "model": str(model_identity),
         "reference_stats": reference_stats,
         "dtype": dtype,
+        **({"selection": str(selection)} if selection else {}),
     }
 
 

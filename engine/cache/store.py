@@ -142,11 +142,14 @@ class MemoryCacheIndex:
 
 
 def vl_entry(result: VLResult) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``(tensors, meta)`` of a VL entry: the embeddings as float32 under the name ``"embeddings"``, the rest of
-    ``result`` as metadata."""
+    """``(tensors, meta)`` of a VL entry: the embeddings as float32 under the name ``"embeddings"`` (and
+    append_selection=attention's ranking under ``"attention"``), the rest of ``result`` as metadata."""
     import torch
 
-    return {"embeddings": result.embeddings.detach().to("cpu", torch.float32).contiguous()}, result.metadata()
+    tensors = {"embeddings": result.embeddings.detach().to("cpu", torch.float32).contiguous()}
+    if result.attention is not None:
+        tensors["attention"] = result.attention.detach().to("cpu", torch.float32).contiguous()
+    return tensors, result.metadata()
 
 
 def vl_from_entry(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> VLResult:
@@ -155,9 +158,11 @@ def vl_from_entry(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) 
     try:
         if embeddings is None or list(embeddings.shape) != list(meta["shape"]):
             raise ValueError("embeddings missing or not of the recorded shape")
-        return VLResult.from_metadata(embeddings, dict(meta))
+        result = VLResult.from_metadata(embeddings, dict(meta))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not a VL entry ({exc})") from exc
+    result.attention = tensors.get("attention")
+    return result
 
 
 class EmbeddingCache:

@@ -34,7 +34,7 @@ DEFAULT_SEED = 42
 #: The flags that are settings (folded into :func:`engine.config.load_settings` as overrides).
 _SETTING_FLAGS = ("config_file", "profile", "zimage_path", "vl_path", "device", "vl_device", "text_device", "dtype",
                   "vl_max_image_tokens", "vl_auto_unload", "data_dir", "demo", "target_std", "outlier_threshold",
-                  "fit_mode", "width", "height", "guidance_scale", "shift")
+                  "fit_mode", "width", "height", "guidance_scale", "shift", "style_schedule", "append_selection")
 
 _COMPONENT_NAMES = {"text": "Qwen3 text encoder", "dit": "Z-Image DiT + VAE", "vl": "Qwen3-VL"}
 
@@ -69,7 +69,8 @@ def base_request(settings: Any, args: argparse.Namespace, prompt: str, reference
         outlier_direction=OutlierDirection.parse(direction, "outlier_direction"),
         append_tokens=settings.append_tokens, fit_mode=settings.fit_mode, vl_text=args.vl_text,
         text_layer=text_layer, seeds=(seed,), steps=settings.steps, width=settings.width, height=settings.height,
-        guidance_scale=settings.guidance_scale, shift=settings.shift,
+        guidance_scale=settings.guidance_scale, shift=settings.shift, style_schedule=settings.style_schedule,
+        append_selection=settings.append_selection,
     )
 
 

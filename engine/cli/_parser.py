@@ -8,7 +8,16 @@ import re
 from engine.cli._common import DEFAULT_SEED
 from engine.cli._errors import PROG, UsageError
 from engine.sweep.presets import PRESETS
-from engine.types import BlendMode, FitMode, Normalization, OutlierDirection, OutlierMode, TokenMode
+from engine.types import (
+    AppendSelection,
+    BlendMode,
+    FitMode,
+    Normalization,
+    OutlierDirection,
+    OutlierMode,
+    StyleSchedule,
+    TokenMode,
+)
 
 __all__ = ["EPILOG", "SWEEP_DESCRIPTION", "build_parser"]
 
@@ -100,6 +109,9 @@ def _add_stylize(sub) -> None:
     g.add_argument("--normalization", help=_choices(Normalization) + " (row_rms)")
     g.add_argument("--outlier-mode", help=_choices(OutlierMode) + " (none)")
     g.add_argument("--append-tokens", type=int, help="pooled image tokens added by mode append (64)")
+    g.add_argument("--style-schedule", help="the reference's share over the steps: " + _choices(StyleSchedule)
+                   + " (constant)")
+    g.add_argument("--append-selection", help="mode append's rows: " + _choices(AppendSelection) + " (pool)")
     g.add_argument("--steps", type=int, help="denoising steps (9)")
     g.add_argument("--strength", type=float, help="img2img from the reference with this strength (0, 1]")
     g.add_argument("--think", action="store_true", default=None, help="add an empty <think> block to the prompt")
@@ -160,6 +172,10 @@ def _add_sweep_axes(g) -> None:
     g.add_argument("--strengths", "--strength", dest="strengths", nargs="+", metavar="S",
                    help="img2img strengths (none = txt2img)")
     g.add_argument("--steps", dest="steps", nargs="+", metavar="N", help="denoising steps")
+    g.add_argument("--schedules", "--style-schedule", dest="schedules", nargs="+", metavar="SCHED",
+                   help="style schedules: " + _choices(StyleSchedule))
+    g.add_argument("--selections", "--append-selection", dest="selections", nargs="+", metavar="SEL",
+                   help="append's row selections: " + _choices(AppendSelection))
     g.add_argument("--thinks", "--think", "--think-modes", dest="thinks", nargs="*", metavar="BOOL",
                    help="think block off/on: false true (bare --think = on)")
     g.add_argument("--seeds", dest="seeds", nargs="+", metavar="SEED", help="several seeds as an axis")

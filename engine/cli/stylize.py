@@ -28,10 +28,12 @@ from engine.media.images import png_with_metadata
 from engine.styles import LocalStyles, parse_style, single_reference_weight
 from engine.sweep.axes import parse_values
 from engine.types import (
+    AppendSelection,
     BlendMode,
     FitMode,
     Normalization,
     OutlierMode,
+    StyleSchedule,
     StylizeRequest,
     TokenMode,
     alpha_to_style_weight,
@@ -142,7 +144,9 @@ def _check_choices(args: argparse.Namespace) -> None:
     for flag, cls, value in (("--mode", BlendMode, args.blend_mode), ("--tokens", TokenMode, args.tokens),
                              ("--normalization", Normalization, args.normalization),
                              ("--outlier-mode", OutlierMode, args.outlier_mode),
-                             ("--fit-mode", FitMode, args.fit_mode)):
+                             ("--fit-mode", FitMode, args.fit_mode),
+                             ("--style-schedule", StyleSchedule, args.style_schedule),
+                             ("--append-selection", AppendSelection, args.append_selection)):
         if value is not None:
             try:
                 cls.parse(value, flag)

@@ -100,7 +100,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {
         "alphas": args.alphas, "layers": args.layers, "modes": args.modes, "tokens": args.tokens,
         "normalizations": args.normalizations, "outliers": args.outliers, "append_tokens": args.append_tokens,
-        "strengths": args.strengths, "steps": args.steps, "seeds": args.seeds,
+        "strengths": args.strengths, "steps": args.steps, "seeds": args.seeds, "schedules": args.schedules,
+        "selections": args.selections,
         "thinks": (args.thinks or ["true"]) if args.thinks is not None else None,
     }
     if args.style_weights is not None:

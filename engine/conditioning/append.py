@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from engine.conditioning.attention import top_rows
 from engine.conditioning.normalize import match_rows
 from engine.conditioning.sequence import (
     check_alpha,
@@ -85,7 +86,7 @@ def _check_image_mask(image_mask: Any, length: int, device: torch.device) -> tor
 
 def blend_append(vl: torch.Tensor, text: torch.Tensor, alpha: float, image_mask: torch.Tensor | Sequence[bool] | None,
                  append_tokens: int = 64, *, image_grid: tuple[int, int] | None = None,
-                 row_scale: float | None = None) -> torch.Tensor:
+                 row_scale: float | None = None, row_weights: torch.Tensor | None = None) -> torch.Tensor:
     """``append`` (the FLUX-Redux / Midjourney ``--sref`` idea): reference rows after the untouched prompt.
 
     ::
@@ -99,7 +100,9 @@ def blend_append(vl: torch.Tensor, text: torch.Tensor, alpha: float, image_mask:
     grid closest to the image's aspect. Alpha sets the count, so ``alpha → 0`` appends nothing (``alpha·K < 0.5``
     gives exactly the text) and the reference's share grows with alpha; ``row_scale`` (``row_rms`` normalisation)
     gives the appended rows the prompt's content-row RMS. The rows depend on the image alone: one extraction serves
-    every prompt. ``ValueError`` naming ``image_mask`` or ``append_tokens``.
+    every prompt. ``row_weights`` (``[n_image]``, ``append_selection=attention``: the prompt's attention mass per image
+    row) appends instead the ``k`` image rows of most weight, in raster order (:func:`~engine.conditioning.attention.
+    top_rows`). ``ValueError`` naming ``image_mask`` or ``append_tokens``.
     """
     text = check_matrix(text, "text")
     vl = check_matrix(vl, "vl").to(device=text.device, dtype=compute_dtype(text.dtype))
@@ -110,7 +113,7 @@ def blend_append(vl: torch.Tensor, text: torch.Tensor, alpha: float, image_mask:
     if k == 0:
         return text.clone()
     grid = tuple(image_grid) if image_grid is not None else (image.shape[0], 1)
-    pooled, _ = pool_grid(image, grid, k)
+    pooled = pool_grid(image, grid, k)[0] if row_weights is None else top_rows(image, row_weights, k)
     if row_scale is not None:
         pooled = match_rows(pooled, row_scale)
     return torch.cat([text, pooled.to(text.dtype)], dim=0)

@@ -286,19 +286,20 @@ def blend(
     append_tokens: int = 64,
     image_grid: tuple[int, int] | None = None,
     row_scale: float | None = None,
+    row_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Blend a VL sequence ``vl [L_vl, D]`` into a text embedding ``text [L_text, D]``; see the module table.
 
     ``mode`` is a :class:`~engine.types.BlendMode` or its string value; it dispatches to ``blend_<mode>``.
     ``neutral`` is used (and required) by ``style_delta`` only; ``image_mask`` and ``append_tokens`` by
-    ``append`` only (``image_grid``, ``(cols, rows)`` of the image rows, for its 2-D pooling); ``row_scale``, the
+    ``append`` only (``image_grid``, ``(cols, rows)`` of the image rows, for its 2-D pooling; ``row_weights``, the
+    prompt's attention per image row, to append the rows of most attention instead of pools); ``row_scale``, the
     RMS every mixed-in VL row is scaled to (``row_rms``), by every mode; other modes ignore them. Unlike the seed's server, an unknown mode is an error, not a silent
     fallback to ``interpolate``. All arguments are checked before the ``alpha == 0`` short-cut, so a bad call
     fails the same way at every alpha.
 
     Returns ``[L_out, D]`` in ``text``'s dtype and device: ``L_out = len(text)``, ``len(text) + k`` for append, up to
-    ``min(len(vl), 1504)`` for replace.
-    Raises ``ValueError`` naming ``blend_mode`` (with the allowed values), ``alpha``, ``vl``, ``text``,
+    ``min(len(vl), 1504)`` for replace. Raises ``ValueError`` naming ``blend_mode`` (with the allowed values), ``alpha``, ``vl``, ``text``,
     ``neutral``, ``image_mask`` or ``append_tokens``.
     """
     which = BlendMode.parse(mode, "blend_mode")
@@ -306,7 +307,8 @@ def blend(
         return blend_style_delta(vl, text, alpha, neutral, row_scale=row_scale)
     if which is BlendMode.APPEND:
         _prepare(vl, text, alpha)
-        return blend_append(vl, text, alpha, image_mask, append_tokens, image_grid=image_grid, row_scale=row_scale)
+        return blend_append(vl, text, alpha, image_mask, append_tokens, image_grid=image_grid, row_scale=row_scale,
+                            row_weights=row_weights)
     if which is BlendMode.REPLACE:
         _prepare(vl, text, alpha)
         return blend_replace(vl, text, alpha, row_scale=row_scale)

@@ -43,6 +43,7 @@ import logging
 import math
 import threading
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from engine.conditioning.attention import AttentionProbe, prompt_positions
 from engine.conditioning.sequence import mask_outliers
 from engine.models.loading import (
     check_vl_folder,
@@ -95,6 +97,7 @@ class _Forward:
     grid: tuple[int, int]
     layers_run: int
     think: bool = False
+    attention: torch.Tensor | None = None  # the prompt's attention mass per image row (append_selection)
 
 
 class VLExtractor:
@@ -252,16 +255,18 @@ class VLExtractor:
     # ------------------------------------------------------------------------------------------- forward
     @torch.no_grad()
     def _forward(self, image: Image.Image, text: str | None, layers: list[tuple[int, float]],
-                 max_image_tokens: int | None, think: bool = False) -> _Forward:
+                 max_image_tokens: int | None, think: bool = False, attention: bool = False) -> _Forward:
         inputs, img = self.build_inputs(image, text, max_image_tokens, think)
         with self._lock:
             model = self.model
             inputs = inputs.to(self.device)
             lm = model.model.language_model
-            captured, count = forward_to_layers(
-                lm, [layer for layer, _ in layers],
-                lambda: model.model(**inputs, use_cache=False, output_hidden_states=False),
-            )
+            probe = self._probe(lm, inputs["input_ids"][0].tolist(), layers) if attention else nullcontext()
+            with probe:
+                captured, count = forward_to_layers(
+                    lm, [layer for layer, _ in layers],
+                    lambda: model.model(**inputs, use_cache=False, output_hidden_states=False),
+                )
             if len(layers) == 1:
                 mixed = captured[layers[0][0]][0].to(torch.float32)  # exact: no multiply by 1.0
             else:
@@ -270,18 +275,27 @@ class VLExtractor:
         thw = inputs["image_grid_thw"][0].tolist()
         merge = int(getattr(self.processor.image_processor, "merge_size", 2))
         return _Forward(hidden=mixed.cpu(), ids=ids, image_size=img.size,
-                        grid=(int(thw[2]) // merge, int(thw[1]) // merge), layers_run=count, think=think)
+                        grid=(int(thw[2]) // merge, int(thw[1]) // merge), layers_run=count, think=think,
+                        attention=probe.mass() if attention else None)
+
+    def _probe(self, lm: Any, ids: list[int], layers: list[tuple[int, float]]) -> AttentionProbe:
+        """``append_selection=attention``: the prompt rows' attention on the image rows at ``layers``."""
+        kinds, _, vision_end = self._positions(ids)
+        image_rows = [p for p, kind in enumerate(kinds) if kind == PositionKind.IMAGE.value]
+        return AttentionProbe(lm, layers, prompt_positions(kinds, vision_end), image_rows)
 
     def extract(self, image: Image.Image, text: str | None = None, *,
                 hidden_layer: int | LayerWeight | Sequence[Any] = -6, tokens: TokenMode | str = TokenMode.FULL,
                 scale_to_text: bool = True, normalization: Normalization | str = Normalization.ROW_RMS,
                 target_std: float = 61.0, outlier_mode: OutlierMode | str = OutlierMode.NONE,
                 outlier_threshold: float = 10.0, outlier_direction: OutlierDirection | str = OutlierDirection.BOTH,
-                reference_stats: Any = None, max_image_tokens: int | None = None, think: bool = False) -> VLResult:
+                reference_stats: Any = None, max_image_tokens: int | None = None, think: bool = False,
+                attention: bool = False) -> VLResult:
         """``[L, D]`` float32 CPU embeddings of ``image`` (+ ``text``), in the module docstring's order; ``ValueError``
         naming the parameter for every bad value. ``reference_stats`` (``[D]`` ``.mean``/``.std``, e.g.
         ``TextEncoder.reference_stats()``) is needed by outlier masking and ``per_dim``/``hybrid``; ``max_image_tokens``
-        overrides the extractor's budget for this call; ``think`` renders the template with the empty think block."""
+        overrides the extractor's budget for this call; ``think`` renders the template with the empty think block;
+        ``attention`` records the prompt's attention per image row (``VLResult.attention``, ``conditioning.attention``)."""
         options = extract_options(
             hidden_layer=hidden_layer, num_layers=self.num_layers, tokens=tokens, normalization=normalization,
             scale_to_text=scale_to_text, target_std=target_std, outlier_mode=outlier_mode,
@@ -289,7 +303,7 @@ class VLExtractor:
             has_stats=reference_stats is not None)
         budget = self._check_call(image, reference_stats, max_image_tokens)
         try:  # 1. the forward pass, stopped at the deepest requested layer
-            fwd = self._forward(image, text, options.layers, budget, bool(think) and bool(text))
+            fwd = self._forward(image, text, options.layers, budget, bool(think) and bool(text), attention)
         finally:
             if self.auto_unload:
                 self.unload()
@@ -303,7 +317,8 @@ class VLExtractor:
                                          n_image=sum(k == PositionKind.IMAGE.value for k in kinds))
         return VLResult(embeddings=out, kinds=[kinds[p] for p in keep], image_span=span,
                         original_std=std_all(selected), scaled_std=std_all(out), scale_factor=float(factor),
-                        masked_dimensions=masked[0], masked_ratios=masked[1], settings=settings)
+                        masked_dimensions=masked[0], masked_ratios=masked[1], settings=settings,
+                        attention=fwd.attention)
 
     def _check_call(self, image: Any, reference_stats: Any, max_image_tokens: int | None) -> int:
         """Check the image and statistics of one call; returns its image-token budget."""

@@ -40,17 +40,19 @@ class BatchablePipeline(Protocol):
 
 def _flatten(requests: Sequence[StylizeRequest], captions: Sequence[Caption]) -> dict[str, Any]:
     """One caption, seed, negative and (img2img) reference per image, in request then seed order."""
-    embeds, seeds, images, negatives = [], [], [], []
+    embeds, seeds, images, negatives, steps = [], [], [], [], []
     for request, caption in zip(requests, captions):
         for seed in request.seeds:
             embeds.append(caption.caption)
+            steps.append(caption.steps)  # style_schedule's captions, or None
             seeds.append(seed)
             if request.strength is not None:
                 images.append(request.reference)
             if caption.negative is not None:
                 negatives.append(caption.negative)
     return {"prompt_embeds": embeds, "seeds": seeds, "image": images or None,
-            "negative_prompt_embeds": negatives or None}
+            "negative_prompt_embeds": negatives or None,
+            "step_captions": steps if any(s is not None for s in steps) else None}
 
 
 def _denoise(pipe: BatchablePipeline, requests: Sequence[StylizeRequest], captions: Sequence[Caption],

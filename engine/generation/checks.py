@@ -14,7 +14,17 @@ from engine.conditioning.text import check_layer
 from engine.conditioning.tokens import parse_layers
 from engine.limits import LIMITS
 from engine.media.images import check_reference_shape
-from engine.types import BlendMode, FitMode, Normalization, OutlierDirection, OutlierMode, StylizeRequest, TokenMode
+from engine.types import (
+    AppendSelection,
+    BlendMode,
+    FitMode,
+    Normalization,
+    OutlierDirection,
+    OutlierMode,
+    StyleSchedule,
+    StylizeRequest,
+    TokenMode,
+)
 
 __all__ = ["check_guidance", "check_request", "check_seeds", "check_shift", "check_size", "check_steps",
            "check_strength"]
@@ -87,6 +97,8 @@ def _check_conditioning(r: StylizeRequest, text_layers: int) -> None:
     OutlierMode.parse(r.outlier_mode, "outlier_mode")
     OutlierDirection.parse(r.outlier_direction, "outlier_direction")
     FitMode.parse(r.fit_mode, "fit_mode")
+    StyleSchedule.parse(r.style_schedule, "style_schedule")
+    AppendSelection.parse(r.append_selection, "append_selection")
     for name in ("target_std", "outlier_threshold", "append_tokens"):
         LIMITS[name].check(getattr(r, name))
     check_layer(r.text_layer, text_layers, "text_layer")
@@ -115,6 +127,11 @@ def _check_reference_needs(r: StylizeRequest, vl_layers: int | None) -> None:
             and r.reference is not None and alpha > 0:
         raise ValueError("tokens text keeps no image rows, which blend_mode append needs; use full, image or "
                          "image_no_markers")
+    attending = r.vl_text if r.vl_text is not None else r.prompt
+    if mode is BlendMode.APPEND and AppendSelection.parse(r.append_selection, "append_selection") is \
+            AppendSelection.ATTENTION and not attending.strip():
+        raise ValueError("append_selection attention ranks the image rows by the prompt's attention and needs a "
+                         "prompt (or vl_text); use append_selection pool without one")
     if r.reference is not None and alpha > 0:
         if vl_layers is None:
             raise ValueError("reference images need a Qwen3-VL model, and vl_path is not set")

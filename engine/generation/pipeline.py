@@ -38,6 +38,7 @@ from engine.generation import batch
 from engine.generation.checks import check_request
 from engine.generation.components import COMPONENTS, ModelSet
 from engine.generation.memos import EncoderMemos
+from engine.generation.stepped import StepCaptions, step_captions
 from engine.generation.zimage import AbortFn, Cancelled, Denoised, ProgressFn
 from engine.types import (
     MAX_CAPTION_LEN,
@@ -158,7 +159,7 @@ class StylePipeline:
             normalization=Normalization.parse(settings["normalization"], "normalization"),
             target_std=request.target_std, outlier_mode=OutlierMode.parse(request.outlier_mode, "outlier_mode"),
             outlier_threshold=request.outlier_threshold, outlier_direction=request.outlier_direction,
-            reference_stats=stats, think=settings["think"],
+            reference_stats=stats, think=settings["think"], attention=settings.get("selection") == "attention",
         )
 
     def encode_reference(self, request: StylizeRequest) -> VLResult | None:
@@ -210,12 +211,15 @@ class StylePipeline:
         if mode is BlendMode.STYLE_DELTA and neutral is None:
             neutral = self.neutral_reference(request)
         grid = vl.settings.get("image_grid")
+        weights = vl.attention if mode is BlendMode.APPEND and request.append_selection == "attention" else None
+        if mode is BlendMode.APPEND and request.append_selection == "attention" and weights is None:
+            raise ValueError("append_selection attention needs the extraction made with it: pass encode(request)'s vl")
         return blend_embeddings(
             vl.embeddings, text_emb, alpha, mode,
             image_mask=torch.tensor(vl.image_mask, dtype=torch.bool),
             neutral=neutral.embeddings if neutral is not None else None,
             append_tokens=request.append_tokens, image_grid=tuple(grid) if grid else None,
-            row_scale=self.row_scale(request, text_emb),
+            row_scale=self.row_scale(request, text_emb), row_weights=weights,
         )
 
     def row_scale(self, request: StylizeRequest, text_emb: torch.Tensor) -> float | None:
@@ -239,12 +243,17 @@ class StylePipeline:
         negative = encoded.negative
         if negative is None and float(request.guidance_scale) > 0:
             negative = self.negative_embedding(request)  # memoised: the encode stage normally made it
-        return Caption(encoded.prompt_embeds, vl, blended, self.fit(request, blended), negative)
+        out = Caption(encoded.prompt_embeds, vl, blended, self.fit(request, blended), negative)
+        out.steps = step_captions(request, vl is not None, out.caption, lambda a: self.fit(request, self.blend(
+            request.replace(alpha=a), encoded.prompt_embeds, vl, encoded.neutral)))  # style_schedule's captions
+        return out
 
     # ------------------------------------------------------------------------------------------- 7-8. denoise, decode
     def denoise(self, request: StylizeRequest, caption: torch.Tensor, *, negative: torch.Tensor | None = None,
-                progress: ProgressFn | None = None, should_abort: AbortFn | None = None) -> Denoised:
-        """The DiT loop: txt2img, or img2img from the reference when ``strength`` is set."""
+                progress: ProgressFn | None = None, should_abort: AbortFn | None = None,
+                step_captions: StepCaptions | None = None) -> Denoised:
+        """The DiT loop: txt2img, or img2img from the reference when ``strength`` is set; ``step_captions``: the
+        caption of each step (``style_schedule``), else ``caption`` throughout."""
         if negative is None and float(request.guidance_scale) > 0:
             negative = self.negative_embedding(request)
         img2img = request.strength is not None
@@ -253,8 +262,7 @@ class StylePipeline:
             shift=request.shift, width=request.width, height=request.height,
             image=request.reference if img2img else None, strength=request.strength if img2img else None,
             negative_prompt_embeds=negative, fit_mode=request.fit_mode, progress=progress,
-            should_abort=should_abort,
-        )
+            should_abort=should_abort, step_captions=[step_captions] * len(request.seeds) if step_captions else None)
 
     def decode(self, denoised: Denoised) -> list[Image.Image]:
         """VAE-decode the latents to RGB images (one per seed)."""
@@ -267,6 +275,7 @@ class StylePipeline:
         params = request.record()
         params.update({
             "alpha_applied": float(request.alpha) if vl is not None else 0.0,
+            "style_alphas": caption.steps.alphas if caption.steps is not None else None,
             "vl_applied": vl is not None,
             "mode": generation["mode"],
             "text_length": int(caption.prompt_embeds.shape[0]),
@@ -300,7 +309,7 @@ class StylePipeline:
         caption = self.caption(request, encoded)
         timings = {**encoded.timings, "blend": _elapsed(t_start)}
         den = self.denoise(request, caption.caption, negative=caption.negative, progress=progress,
-                           should_abort=should_abort)
+                           should_abort=should_abort, step_captions=caption.steps)
         timings["denoise"] = den.seconds
         if should_abort is not None and should_abort():
             raise Cancelled("cancelled before decoding")

@@ -46,6 +46,7 @@ import torch
 from PIL import Image, ImageOps
 
 from engine.conditioning.sequence import fit_caption
+from engine.generation.stepped import StepCaptions, StepPlan
 from engine.models.loading import free_memory, model_loading, parse_dtype, resolve_device
 from engine.types import MAX_CAPTION_LEN, FitMode
 
@@ -226,6 +227,14 @@ class Generator:
             out.append(e.to(device=self.device, dtype=self.pipe.transformer.dtype))
         return out
 
+    def _step_plan(self, captions: list[torch.Tensor], step_captions: Sequence[StepCaptions | None] | None,
+                   fit: FitMode) -> tuple[list[torch.Tensor], StepPlan | None]:
+        """Step 0's captions and the plan of the later steps (``None``: ``captions`` throughout)."""
+        if not step_captions or all(c is None for c in step_captions):
+            return captions, None
+        plan = StepPlan(step_captions, captions, lambda e: self._captions(e, 1, fit, "step_captions")[0])
+        return plan.at(0), plan
+
     # ------------------------------------------------------------------------------------------- generate
     @torch.no_grad()
     def denoise(self, prompt_embeds: torch.Tensor | Sequence[torch.Tensor], *, seeds: Sequence[int] | int = (0,),
@@ -234,17 +243,18 @@ class Generator:
                 strength: float | None = None,
                 negative_prompt_embeds: torch.Tensor | Sequence[torch.Tensor] | None = None,
                 fit_mode: FitMode | str = FitMode.POOL, progress: ProgressFn | None = None,
-                should_abort: AbortFn | None = None) -> Denoised:
-        """Run the denoising loop; returns the final latents (float32) and the parameter record. Settings are
-        validated by ``engine.generation.checks`` before; this checks the embeddings' shapes only.
-        ``prompt_embeds`` / ``negative_prompt_embeds`` (CFG): one ``[L, D]`` for every seed, or one per seed;
-        ``image`` + ``strength``: img2img. Raises :class:`Cancelled` when ``should_abort()`` turns true."""
+                should_abort: AbortFn | None = None, step_captions: Sequence[StepCaptions | None] | None = None
+                ) -> Denoised:
+        """The denoising loop → final latents (float32) and the parameter record (settings checked before by
+        ``engine.generation.checks``; this checks the embeddings). ``prompt_embeds`` / ``negative_prompt_embeds`` (CFG):
+        one ``[L, D]`` for every seed, or one per seed; ``image`` + ``strength``: img2img; ``step_captions``: one per
+        image (``None``: ``prompt_embeds`` throughout, ``generation.stepped``). Raises :class:`Cancelled` on abort."""
         seeds = [int(seeds)] if isinstance(seeds, int) else [int(s) for s in seeds]
         fit, guidance, n = FitMode.parse(fit_mode, "fit_mode"), float(guidance_scale), len(seeds)
         images = _per_seed_images(image, n)
         total = int(steps)  # img2img runs every step too, from the start noise level `strength`
         with self._lock:
-            captions = self._captions(prompt_embeds, n, fit, "prompt_embeds")
+            captions, plan = self._step_plan(self._captions(prompt_embeds, n, fit, "prompt_embeds"), step_captions, fit)
             negatives = None
             if guidance > 0:
                 if negative_prompt_embeds is None:
@@ -257,7 +267,7 @@ class Generator:
             call = dict(prompt_embeds=captions, negative_prompt_embeds=negatives, height=int(height),
                         width=int(width), num_inference_steps=int(steps), guidance_scale=guidance,
                         generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], output_type="latent",
-                        callback_on_step_end=_step_callback(total, progress, should_abort))
+                        callback_on_step_end=_step_callback(total, progress, should_abort, plan))
             if images is not None:  # one image per seed: diffusers then samples image i's VAE latent with generator i
                 inits = {id(im): prepare_init_image(im, int(width), int(height)) for im in images}
                 call.update(image=[inits[id(im)] for im in images], strength=1.0,
@@ -265,8 +275,7 @@ class Generator:
             t0 = time.perf_counter()
             latents = pipe(**call).images
             seconds = time.perf_counter() - t0
-            params = self._record(pipe, call, images, total, fit, negatives, strength)
-        return Denoised(latents=latents, params=params, seconds=seconds)
+            return Denoised(latents, self._record(pipe, call, images, total, fit, negatives, strength), seconds)
 
     def _record(self, pipe: Any, call: dict[str, Any], images: list[Image.Image] | None, total: int,
                 fit: FitMode, negatives: list[torch.Tensor] | None, strength: float | None) -> dict[str, Any]:
@@ -319,8 +328,10 @@ def _per_seed_images(image: Image.Image | Sequence[Image.Image] | None, n: int) 
     return images
 
 
-def _step_callback(total: int, progress: ProgressFn | None, should_abort: AbortFn | None) -> Callable:
-    """diffusers' ``callback_on_step_end``: report progress, and stop the loop when ``should_abort()`` says so."""
+def _step_callback(total: int, progress: ProgressFn | None, should_abort: AbortFn | None,
+                   plan: StepPlan | None = None) -> Callable:
+    """diffusers' ``callback_on_step_end``: report progress, stop the loop when ``should_abort()`` says so, and hand
+    the pipeline the next step's captions when a ``plan`` (``style_schedule``) changes them."""
 
     def on_step(pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         if progress is not None:
@@ -328,6 +339,8 @@ def _step_callback(total: int, progress: ProgressFn | None, should_abort: AbortF
         if should_abort is not None and should_abort():
             pipe._interrupt = True  # diffusers' own interrupt flag, the documented way to stop its loop
             raise Cancelled(f"cancelled after step {i + 1} of {total}")
+        if plan is not None and i + 1 < total:
+            return {**kwargs, "prompt_embeds": plan.at(i + 1)}  # diffusers reads it back as the next captions
         return kwargs
 
     return on_step

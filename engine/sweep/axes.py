@@ -15,10 +15,12 @@ from typing import Any
 
 from engine.limits import LIMITS
 from engine.types import (
+    AppendSelection,
     BlendMode,
     LayerWeight,
     Normalization,
     OutlierMode,
+    StyleSchedule,
     TokenMode,
     parse_hidden_layer,
 )
@@ -212,6 +214,10 @@ AXES: dict[str, Axis] = {a.name: a for a in [
          vl=True, aliases=("outlier_modes", "outlier_masking")),
     Axis("append_tokens", "append_tokens", "append_tokens", _parse_int("append_tokens", "append_tokens"),
          lambda v: f"append={v}", vl=True, numeric=True),
+    Axis("selection", "selections", "append_selection", _parse_enum(AppendSelection, "selections"),
+         lambda v: f"select={v}", vl=True, aliases=("append_selections",)),
+    Axis("schedule", "schedules", "style_schedule", _parse_enum(StyleSchedule, "schedules"),
+         lambda v: f"schedule={v}", vl=True, aliases=("style_schedules",)),
     Axis("strength", "strengths", "strength", _parse_strength,
          lambda v: "txt2img" if v is None else f"strength={v:g}", vl=False, numeric=True),
     Axis("steps", "steps", "steps", _parse_int("steps", "steps"), lambda v: f"steps={v}", vl=False, numeric=True),

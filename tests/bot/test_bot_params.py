@@ -100,3 +100,12 @@ def test_cooldown_starts_only_when_a_job_is_accepted() -> None:
     now[0] += 3.01
     cooldowns.check(1)
     assert Cooldowns(0).remaining(1) is None
+
+
+def test_jobs_stored_before_schedules_replay_as_they_ran(defaults: dict) -> None:
+    """A resolved dict without style_schedule / append_selection (an older job row) builds today's request."""
+    resolved = fix_seed(resolve_params({}, {}, None, defaults))
+    old = {k: v for k, v in resolved.items() if k not in ("style_schedule", "append_selection")}
+    request = build_request(old, prompt="a fox", reference=None, strength=None)
+    assert (request.style_schedule.value, request.append_selection.value) == ("constant", "pool")
+    assert build_request(resolved, prompt="a fox", reference=None, strength=None) == request

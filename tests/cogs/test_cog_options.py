@@ -100,7 +100,7 @@ BAD_SETTINGS = [
     ("defaults", "set", "layer", -65, "between -64 and -1"),
     ("defaults", "set", "size", "abc", "one of 1:1"),
     ("defaults", "set", "tokens", "nope", "one of full"),
-    ("defaults", "reset", "setting", "nope", "one of blend_mode"),
+    ("defaults", "reset", "setting", "nope", "one of append_selection, blend_mode"),
     ("blendmode", "set", "mode", "nope", "one of pool"),
     ("preset", "save", "style_weight", -5, "between 0 and 1000"),
     ("preset", "save", "blend_mode", "nope", "one of pool"),

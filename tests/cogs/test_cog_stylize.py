@@ -277,3 +277,13 @@ async def test_refused_where_the_bot_cannot_attach_files(fake: FakeDiscord, bot,
     ack = await rec.wait_ack(2)
     assert ack.ephemeral and "Attach Files" in ack.content
     assert pipeline.requests == []
+
+
+async def test_schedule_and_selection_reach_the_request(fake: FakeDiscord, bot, pipeline: FakePipeline) -> None:
+    """/stylize style_schedule / append_selection, and a user's default of one, go all the way into the request."""
+    await bot.services.store.defaults.set(fake.default_user.id, {"append_selection": "attention"})
+    rec = await fake.dispatch_slash("stylize", {"image": attach(fake), "prompt": "a fox", "blend_mode": "append",
+                                                "style_schedule": "late", **SMALL})
+    await result_of(rec)
+    (request,) = pipeline.requests
+    assert (request.style_schedule.value, request.append_selection.value) == ("late", "attention")

@@ -102,3 +102,11 @@ async def test_blendmode_info_and_set(fake: FakeDiscord, bot) -> None:
     chosen = await fake.dispatch_slash("blendmode", {"mode": "append"}, subcommand="set")
     assert (await chosen.wait_ack(2)).ephemeral
     assert (await bot.services.store.defaults.get(fake.default_user.id))["blend_mode"] == "append"
+
+
+async def test_schedules_are_a_sweep_axis(fake: FakeDiscord, bot, pipeline) -> None:
+    rec = await fake.dispatch_slash("sweep", {"image": ref(fake), "prompt": "a boat", "schedules": "early,late",
+                                              "size": "1:1 small", "steps": 2})
+    _out, cells = await grid_of(rec)
+    assert cells["plan"]["axes"] == ["schedule"]
+    assert [c["params"]["style_schedule"] for c in cells["cells"][1:]] == ["early", "late"]

@@ -82,7 +82,7 @@ def test_stylize_options(payload) -> None:
     ranges, choices and the preset autocomplete."""
     options = by_name(by_name(payload)["stylize"]["options"])
     assert list(options) == ["image", "prompt", "style_weight", "blend_mode", "layer", "tokens", "seed", "steps",
-                             "size", "strength", "preset", "private", "style"]
+                             "size", "strength", "style_schedule", "append_selection", "preset", "private", "style"]
     assert options["image"]["type"] == 11 and options["style"]["type"] == 3
     assert not any(o.get("required") for o in options.values())
     weight = options["style_weight"]
@@ -100,6 +100,9 @@ def test_stylize_options(payload) -> None:
     assert {c["value"] for c in options["tokens"]["choices"]} == {"full", "text", "image", "image_no_markers"}
     assert options["preset"]["autocomplete"] is True
     assert options["private"]["type"] == 5
+    assert [c["value"] for c in options["style_schedule"]["choices"]] == ["constant", "early", "late", "ramp",
+                                                                          "ramp_down"]
+    assert [c["value"] for c in options["append_selection"]["choices"]] == ["pool", "attention"]
 
 
 def test_preset_names_autocomplete(payload) -> None:
@@ -115,7 +118,7 @@ def test_sweep_options(payload) -> None:
     options = by_name(by_name(payload)["sweep"]["options"])
     presets = [c["value"] for c in options["preset"]["choices"]]
     assert presets == preset_names() and set(SEED_SWEEPS) <= set(presets)
-    for name in ("alphas", "layers", "modes", "token_modes", "strengths", "seeds"):
+    for name in ("alphas", "layers", "modes", "token_modes", "strengths", "seeds", "schedules", "selections"):
         assert options[name]["type"] == 3 and options[name]["max_length"] == 200
 
 

@@ -248,6 +248,19 @@ async def test_vl_result_round_trip(cache: EmbeddingCache) -> None:
     assert back.image_span == (1, 3) and back.masked_ratios == {3: 12.5, 5: 0.05}
 
 
+async def test_vl_result_keeps_its_attention_ranking(cache: EmbeddingCache) -> None:
+    """append_selection=attention: the prompt's attention per image row travels with the entry, under its own key."""
+    result = VLResult(embeddings=torch.randn(4, 8), kinds=["marker", "image", "image", "marker"], image_span=(1, 3),
+                      original_std=1.0, scaled_std=1.0, scale_factor=1.0, attention=torch.tensor([0.25, 0.5]))
+    key = cache_key(vl_cache_record(**BASE_VL, selection="attention"))
+    assert key != cache_key(vl_cache_record(**BASE_VL)) == cache_key(vl_cache_record(**BASE_VL, selection=None))
+    await cache.put_vl(key, result)
+    back = await cache.get_vl(key)
+    assert back is not None and torch.equal(back.attention, result.attention)
+    await cache.put_vl(key, VLResult.from_metadata(result.embeddings, result.metadata()))
+    assert (await cache.get_vl(key)).attention is None
+
+
 async def test_miss_and_bad_keys(cache: EmbeddingCache) -> None:
     assert await cache.get(key_of(9)) is None
     assert await cache.get_vl(key_of(9)) is None
