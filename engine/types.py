@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from engine.styleweight import alpha_to_style_weight, style_weight_to_alpha  # noqa: F401 - re-exported
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
     from PIL import Image
@@ -100,27 +102,6 @@ class PositionKind(_Choice):
 
 #: Largest caption the Z-Image DiT accepts after padding to a multiple of 32 (RoPE axis-0 table of 1536 entries).
 MAX_CAPTION_LEN = 1504
-
-
-def style_weight_to_alpha(style_weight: float) -> float:
-    """Midjourney-like style weight (0-1000, default 100) → blend alpha (0-1), piecewise linear: ``0 -> 0``,
-    ``100 -> 0.3`` (the seed's "slight style"), ``1000 -> 1``; ``ValueError`` outside 0..1000."""
-    sw = float(style_weight)
-    if not 0.0 <= sw <= 1000.0:
-        raise ValueError(f"style_weight must be between 0 and 1000; got {style_weight!r}")
-    if sw <= 100.0:
-        return round(0.003 * sw, 6)
-    return round(0.3 + 0.7 * (sw - 100.0) / 900.0, 6)
-
-
-def alpha_to_style_weight(alpha: float) -> float:
-    """Inverse of :func:`style_weight_to_alpha` (for showing a stored alpha as a style weight)."""
-    a = float(alpha)
-    if not 0.0 <= a <= 1.0:
-        raise ValueError(f"alpha must be between 0 and 1; got {alpha!r}")
-    if a <= 0.3:
-        return round(a / 0.003, 3)
-    return round(100.0 + (a - 0.3) * 900.0 / 0.7, 3)
 
 
 @dataclass(frozen=True)
@@ -238,6 +219,11 @@ VL_FIELDS = ("hidden_layer", "tokens", "normalization", "target_std", "outlier_m
              "outlier_direction", "blend_mode", "prompt", "vl_text", "think")
 
 
+#: The request fields that hold images: never in :meth:`StylizeRequest.record` (their sizes are), given back to
+#: :meth:`StylizeRequest.from_record`.
+IMAGE_FIELDS = ("reference", "references", "negative_reference")
+
+
 @dataclass(frozen=True)
 class StylizeRequest:
     """One generation request: everything that decides the output image(s).
@@ -246,6 +232,7 @@ class StylizeRequest:
     ``hidden_layer`` is one layer (``-6``) or a tuple of :class:`LayerWeight` for a weighted multi-layer mix.
     ``strength`` ``None`` means txt2img; a value in (0, 1] runs img2img from the reference.
     ``seeds``: one seed per image; ``len(seeds)`` images are generated as one batch.
+    ``references``, ``weights``, ``negative_reference``: several references and a negative (:mod:`engine.multiref`).
     """
 
     prompt: str = ""
@@ -271,6 +258,9 @@ class StylizeRequest:
     strength: float | None = None
     guidance_scale: float = 0.0
     shift: float = 3.0
+    references: tuple[Image.Image, ...] = ()  #: further references after ``reference`` (at most 4 in all)
+    weights: tuple[float, ...] = ()  #: one per reference, ``reference`` first; ``()``: equal weights
+    negative_reference: Image.Image | None = None  #: CFG's negative caption: the prompt with this reference blended
 
     def vl_settings(self) -> dict[str, Any]:
         """What the extraction depends on besides the pixels, canonical and JSON-safe: ``layers``, ``tokens``, the
@@ -322,7 +312,7 @@ class StylizeRequest:
         """Every parameter, JSON-safe, without the image itself (PNG metadata, job rows, metadata.json)."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            if f.name == "reference":
+            if f.name in IMAGE_FIELDS:
                 continue
             value = getattr(self, f.name)
             if isinstance(value, Enum):
@@ -333,14 +323,19 @@ class StylizeRequest:
                 value = list(value)
             out[f.name] = value
         out["reference"] = None if self.reference is None else list(self.reference.size)
+        out["references"] = [list(image.size) for image in self.references]
+        out["negative_reference"] = None if self.negative_reference is None else list(self.negative_reference.size)
         return out
 
     @classmethod
-    def from_record(cls, record: dict[str, Any], reference: Image.Image | None = None) -> StylizeRequest:
-        """The inverse of :meth:`record` (a job row rebuilt after a restart); unknown keys are ignored."""
+    def from_record(cls, record: dict[str, Any], reference: Image.Image | None = None,
+                    references: tuple[Image.Image, ...] = (), negative_reference: Image.Image | None = None
+                    ) -> StylizeRequest:
+        """The inverse of :meth:`record` (a job row rebuilt after a restart) given its images; unknown keys are
+        ignored, and a record older than a field gets the field's default."""
         enums = {"blend_mode": BlendMode, "tokens": TokenMode, "normalization": Normalization,
                  "outlier_mode": OutlierMode, "outlier_direction": OutlierDirection, "fit_mode": FitMode}
-        names = {f.name for f in dataclasses.fields(cls)} - {"reference"}
+        names = {f.name for f in dataclasses.fields(cls)} - set(IMAGE_FIELDS)
         kwargs: dict[str, Any] = {}
         for key, value in record.items():
             if key not in names:
@@ -349,10 +344,11 @@ class StylizeRequest:
                 value = enums[key].parse(value, key)
             elif key == "hidden_layer":
                 value = parse_hidden_layer(value)
-            elif key == "seeds":
-                value = tuple(int(s) for s in value)
+            elif key in ("seeds", "weights"):
+                value = tuple((int if key == "seeds" else float)(s) for s in value)
             kwargs[key] = value
-        return cls(reference=reference, **kwargs)
+        return cls(reference=reference, references=tuple(references), negative_reference=negative_reference,
+                   **kwargs)
 
 
 @dataclass
@@ -379,6 +375,8 @@ class Encoded:
         vl: the reference's Qwen3-VL extraction, or ``None`` without a reference or at ``alpha == 0``.
         neutral: ``style_delta``'s mid-gray extraction, or ``None`` for the other modes.
         negative: CFG's empty-prompt embedding ``[L_n, D]``, or ``None`` when ``guidance_scale == 0``.
+        more: the further references' extractions (``StylizeRequest.references`` order); negative_vl: the negative
+            reference's (its caption replaces ``negative``).
         timings: seconds spent on ``vl`` (with the neutral) and ``text`` (with the negative).
     """
 
@@ -387,6 +385,8 @@ class Encoded:
     neutral: VLResult | None = None
     negative: torch.Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    more: tuple[VLResult, ...] = ()
+    negative_vl: VLResult | None = None
 
 
 @dataclass
