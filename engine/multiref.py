@@ -57,7 +57,7 @@ def parse_weights(values: str | Sequence[Any], count: int, option: str = "weight
         except (TypeError, ValueError):
             w = math.nan
         if not math.isfinite(w):
-            raise ValueError(f"{option}: “{str(item)[:12]}” is not a number (e.g. {option} 2,1)")
+            raise ValueError(f"{option}: “{str(item)[:12]}” is not a number (weights are numbers such as 2 and 1)")
         if w < 0:
             raise ValueError(f"{option}: a weight must not be negative; got {w:g}")
         weights.append(w)
@@ -154,8 +154,8 @@ def reference_params(request: StylizeRequest) -> dict[str, Any]:
     weights = normalized_weights(request.weights, len(images)) if images else []
     negative = request.negative_reference
     return {
-        "reference_set": [{"sha256": image_fingerprint(image), "size": list(image.size), "weight": round(w, 6)}
+        "reference_set": [{"pixel_sha256": image_fingerprint(image), "size": list(image.size), "weight": round(w, 6)}
                           for image, w in zip(images, weights)],
-        "negative": None if negative is None else {"sha256": image_fingerprint(negative),
+        "negative": None if negative is None else {"pixel_sha256": image_fingerprint(negative),
                                                    "size": list(negative.size)},
     }

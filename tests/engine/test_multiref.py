@@ -122,6 +122,6 @@ def test_reference_params_list_every_reference():
     params = reference_params(request)
     assert [p["weight"] for p in params["reference_set"]] == pytest.approx([2 / 3, 1 / 3], abs=1e-6)
     assert [p["size"] for p in params["reference_set"]] == [[40, 30], [40, 30]]
-    shas = [p["sha256"] for p in params["reference_set"]] + [params["negative"]["sha256"]]
+    shas = [p["pixel_sha256"] for p in params["reference_set"]] + [params["negative"]["pixel_sha256"]]
     assert len(set(shas)) == 3 and all(len(s) == 64 for s in shas)
     assert reference_params(BASE) == {"reference_set": [], "negative": None}

@@ -103,7 +103,7 @@ def test_a_negative_reference_changes_the_image_and_records_the_cfg_scale(pipe):
     _changed(plain.images[0], with_neg.images[0])
     _changed(with_cfg.images[0], with_neg.images[0])  # the negative is the blue reference, not ""
     assert with_neg.params["guidance_scale"] == 2.0 and plain.params["guidance_scale"] == 0.0
-    assert with_neg.params["negative"]["size"] == [64, 96] and len(with_neg.params["negative"]["sha256"]) == 64
+    assert with_neg.params["negative"]["size"] == [64, 96] and len(with_neg.params["negative"]["pixel_sha256"]) == 64
     caption = pipe.caption(negative, pipe.encode(negative))
     # the negative caption is the prompt with B blended in: as long as the prompt for pool, and not the prompt
     assert caption.negative.shape == caption.prompt_embeds.shape
