@@ -91,8 +91,9 @@ def _add_stylize(sub) -> None:
                           "repeatable, CODE::W gives it weight W")
     _add_weights(ref)
     neg = ref.add_mutually_exclusive_group()
-    neg.add_argument("--negative-image", metavar="NEG", help="a reference the image moves away from (CFG's "
-                                                             "negative; turns CFG on at 2.0: a second DiT pass per step)")
+    neg.add_argument("--negative-image", metavar="NEG",
+                     help="a reference the image moves away from (CFG's negative; turns CFG on at 2.0: a second DiT "
+                          "pass per step)")
     neg.add_argument("--negative-style", metavar="CODE", help="the negative reference by its style code")
     st.add_argument("-p", "--prompt", required=True, help="text prompt")
     st.add_argument("-o", "--output", required=True, metavar="OUT.png", help="output PNG")
