@@ -91,6 +91,19 @@ BLEND_MODES: dict[BlendMode, tuple[str, str]] = {
     ),
 }
 
+#: How each mode combines several references (``image2``… / several codes), for ``/blendmode info``; kept in step
+#: with ``engine.conditioning.multi``.
+SEVERAL_REFERENCES: dict[BlendMode, str] = {
+    BlendMode.POOL: "the weighted average of what each reference alone would mix in.",
+    BlendMode.APPEND: "the same number of extra tokens in all, shared out by weight: each reference adds its own.",
+    BlendMode.LINEAR: "the weighted average of each reference's mix.",
+    BlendMode.INTERPOLATE: "the weighted average of each reference's mix.",
+    BlendMode.ADAIN: "the weighted average of each reference's restyle (their statistics averaged).",
+    BlendMode.ADAIN_PER_DIM: "the weighted average of each reference's restyle (their statistics averaged).",
+    BlendMode.STYLE_DELTA: "the weighted sum of each reference's difference from grey.",
+    BlendMode.REPLACE: "the weighted average of each reference's sequence, at the heaviest one's length.",
+}
+
 
 @dataclass(frozen=True)
 class GenerationOptions:
@@ -107,7 +120,9 @@ class GenerationOptions:
     strength: float | None = None
     preset: str | None = None
     private: bool | None = None
-    style: str | None = None  #: a style code (``ab12cd34`` or ``ab12cd34::1``) instead of an attached image
+    style: str | None = None  #: style codes (``ab12cd34``, ``ab12cd34::2 ef56ab78``), with or without attachments
+    weights: str | None = None  #: relative weights of the references in order (``2,1``; ``bot.refset``)
+    negative_style: str | None = None  #: the style code of a negative reference (CFG's negative)
 
     def request_layer(self) -> dict[str, Any]:
         """The options as a ``resolve_params`` layer (parameter names of ``bot.store.defaults.PARAM_SPECS``)."""
