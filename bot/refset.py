@@ -144,6 +144,13 @@ class ReferenceGatherer:
             return _Source("negative_style", row=await self.styles.find_ref(ref, option="negative_style", **where))
         return None
 
+    @staticmethod
+    def check_resolved(gathered: Gathered, resolved: dict[str, Any]) -> None:
+        """What needs the resolved parameters: a negative blends at the request's style weight, so not at 0."""
+        if gathered.negative is not None and float(resolved.get("alpha", 0.0)) <= 0:
+            raise UserError(f"{gathered.negative.option}: a negative style needs a style weight above 0 (it is "
+                            "blended into the prompt at that weight).")
+
     async def fetch(self, gathered: Gathered) -> tuple[Reference | None, Extras]:
         """Download or load every reference (after the defer): the first, and the :class:`Extras`."""
         loaded = [await self._load(source) for source in gathered.sources]

@@ -159,6 +159,7 @@ class JobService(DescribeJobs):
                               interaction.filesize_limit)
         if sweep is not None:
             self._requests(kind, params, None)  # refuse a bad sweep before downloading anything
+        self.gatherer.check_resolved(gathered, resolved)
         reference, extras = await self.gatherer.fetch(gathered)
         params["reference"] = reference.record() if reference is not None else None
         params.update(await self.gatherer.remember(reference, extras, guild_id=interaction.guild_id,

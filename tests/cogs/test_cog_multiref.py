@@ -73,3 +73,12 @@ async def test_bad_input_is_one_private_line_and_nothing_queued(fake: FakeDiscor
     assert expected in refusal.content and "Traceback" not in refusal.content and "\n" not in refusal.content
     assert refusal.kind == "callback"  # before the defer: nothing public, nothing downloaded
     assert await bot.services.store.jobs.list_active() == [] and pipeline.requests == []
+
+
+async def test_a_negative_at_style_weight_0_is_refused(fake: FakeDiscord, bot, pipeline: FakePipeline) -> None:
+    rec = await fake.dispatch_slash("stylize", {"image": attach(fake), "negative_image": attach(fake, name="n.png"),
+                                                "style_weight": 0, "prompt": "a fox", **SMALL})
+    await rec.wait_until(lambda r: any(q.data.get("flags", 0) & 64 and q.content for q in r.accepted))
+    refusal = next(q for q in rec.accepted if q.data.get("flags", 0) & 64 and q.content)
+    assert refusal.content.startswith("negative_image: a negative style needs a style weight above 0")
+    assert await bot.services.store.jobs.list_active() == [] and pipeline.requests == []
