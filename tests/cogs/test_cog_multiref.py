@@ -82,3 +82,18 @@ async def test_a_negative_at_style_weight_0_is_refused(fake: FakeDiscord, bot, p
     refusal = next(q for q in rec.accepted if q.data.get("flags", 0) & 64 and q.content)
     assert refusal.content.startswith("negative_image: a negative style needs a style weight above 0")
     assert await bot.services.store.jobs.list_active() == [] and pipeline.requests == []
+
+
+async def test_reroll_keeps_every_reference_and_the_negative(fake: FakeDiscord, bot, pipeline: FakePipeline) -> None:
+    rec = await fake.dispatch_slash("stylize", {
+        "image": attach(fake), "image2": attach(fake, png((48, 64)), "b.png"), "weights": "3,1",
+        "negative_image": attach(fake, png(colour=(0, 0, 250)), "n.png"), "prompt": "a fox", "seed": 5, **SMALL})
+    final = await result_of(rec)
+    job_id = final.data["embeds"][0]["footer"]["text"].removeprefix("job ")
+    again = await fake.dispatch_component(rec.original_message_id, f"zvl:reroll:{job_id}")
+    await result_of(again)
+    first, second = pipeline.requests
+    assert second.seeds != first.seeds
+    assert second.weights == first.weights == (3.0, 1.0)
+    assert [r.size for r in second.references] == [(48, 64)] and second.references[0] == first.references[0]
+    assert second.negative_reference == first.negative_reference and second.guidance_scale == 2.0
