@@ -62,8 +62,8 @@ def parse_weights(values: str | Sequence[Any], count: int, option: str = "weight
             raise ValueError(f"{option}: a weight must not be negative; got {w:g}")
         weights.append(w)
     if len(weights) > count:
-        raise ValueError(f"{option}: {len(weights)} weights for {count} reference{'s' * (count != 1)}; give at most "
-                         "one weight per reference")
+        raise ValueError(f"{option}: {len(weights)} weight{'s' * (len(weights) != 1)} for {count} "
+                         f"reference{'s' * (count != 1)}; give at most one weight per reference")
     weights += [1.0] * (count - len(weights))
     if sum(weights) <= 0:
         raise ValueError(f"{option}: the weights must not all be 0")
