@@ -28,8 +28,10 @@ class MoreKeys:
     requests: dict[str, StylizeRequest] = field(default_factory=dict)
 
 
-def more_keys(pipe: Any, requests: list[StylizeRequest], identities: dict) -> dict[int, MoreKeys]:
-    """Per cell with further references or a negative (and alpha above 0): their keys. Runs in the VL thread."""
+def more_keys(models: Any, requests: list[StylizeRequest]) -> dict[int, MoreKeys]:
+    """Per cell with further references or a negative (and alpha above 0): their keys under the pipeline of
+    ``models`` (``serving.lifecycle.Models``). Runs in the VL thread."""
+    pipe, identities = models.pipe(), models.identities
     out: dict[int, MoreKeys] = {}
     for i, request in enumerate(requests):
         if not has_several(request) or float(request.alpha) <= 0:

@@ -130,7 +130,7 @@ class EncodeStage(_StageBase):
         job = run.job
         run.vl_keys, run.vl_device, run.text_cache_keys, stats_keys = await self._in_vl(run, self._prepare,
                                                                                           job.requests)
-        run.more = await self._in_vl(run, more_keys, self.models.pipe(), job.requests, self.models.identities)
+        run.more = await self._in_vl(run, more_keys, self.models, job.requests)
         extracted = await self._extract_all(run, stats_keys)
         if any(str(r.blend_mode) == "style_delta" for r in job.requests):
             await self._ensure_stats(run, [i for i, k in enumerate(run.vl_keys) if k is not None], stats_keys)
