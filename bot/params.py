@@ -93,6 +93,19 @@ BLEND_MODES: dict[BlendMode, tuple[str, str]] = {
     ),
 }
 
+#: How each mode combines several references (``image2``… / several codes), for ``/blendmode info``; kept in step
+#: with ``engine.conditioning.multi``.
+SEVERAL_REFERENCES: dict[BlendMode, str] = {
+    BlendMode.POOL: "the weighted average of what each reference alone would mix in.",
+    BlendMode.APPEND: "the same number of extra tokens in all, shared out by weight: each reference adds its own.",
+    BlendMode.LINEAR: "the weighted average of each reference's mix.",
+    BlendMode.INTERPOLATE: "the weighted average of each reference's mix.",
+    BlendMode.ADAIN: "the weighted average of each reference's restyle (their statistics averaged).",
+    BlendMode.ADAIN_PER_DIM: "the weighted average of each reference's restyle (their statistics averaged).",
+    BlendMode.STYLE_DELTA: "the weighted sum of each reference's difference from grey.",
+    BlendMode.REPLACE: "the weighted average of each reference's sequence, at the heaviest one's length.",
+}
+
 
 #: The style schedules and append selections in plain words (option labels), in step with
 #: ``engine.conditioning.schedule`` and ``engine.conditioning.attention``.
@@ -124,7 +137,9 @@ class GenerationOptions:
     strength: float | None = None
     preset: str | None = None
     private: bool | None = None
-    style: str | None = None  #: a style code (``ab12cd34`` or ``ab12cd34::1``) instead of an attached image
+    style: str | None = None  #: style codes (``ab12cd34``, ``ab12cd34::2 ef56ab78``), with or without attachments
+    weights: str | None = None  #: relative weights of the references in order (``2,1``; ``bot.refset``)
+    negative_style: str | None = None  #: the style code of a negative reference (CFG's negative)
     style_schedule: str | None = None
     append_selection: str | None = None
 

@@ -63,7 +63,13 @@ class StyleBook:
     async def find(self, text: str, *, guild_id: int | None, user_id: int, option: str = "style") -> StyleCode:
         """The row a typed code names for this user here (cheap: run it before deferring); :class:`UserError` for
         a malformed code or one that does not exist here."""
-        ref = parse_style_option(text, option)
+        return await self.find_ref(parse_style_option(text, option), guild_id=guild_id, user_id=user_id,
+                                   option=option)
+
+    async def find_ref(self, ref: StyleRef, *, guild_id: int | None, user_id: int, option: str = "style"
+                       ) -> StyleCode:
+        """The row of a parsed code (its weight is the caller's: several references); :class:`UserError` when the
+        code does not exist here."""
         row = await self.codes.find(ref.code, guild_id=guild_id, user_id=user_id)
         if row is None:
             where = "in this server" if guild_id is not None else "among your codes"

@@ -58,9 +58,19 @@ DESCRIBE = {
     "strength": "Img2img from the reference: noise level to start from (0.05 keeps it, 0.9 keeps a trace, 1 redraws)",
     "preset": "A server preset to start from",
     "private": "Only you see the result",
-    "style": "A style code from an earlier result (e.g. ab12cd34), instead of attaching the image",
     "style_schedule": "How the style's share changes over the denoising steps (default constant)",
     "append_selection": "Blend mode append: which parts of the reference are added (default pool)",
+    "style": "Style codes from earlier results (e.g. ab12cd34, or ab12cd34::2 ef56ab78), alone or with images",
+}
+
+#: ``/stylize``'s options for several references and a negative (``bot.refset``).
+MULTI_DESCRIBE = {
+    "image2": "A second style reference, mixed with the first (up to 4 references in all)",
+    "image3": "A third style reference",
+    "image4": "A fourth style reference",
+    "weights": "Relative weight of each reference in order: image, image2…, then style codes (e.g. 2,1)",
+    "negative_image": "A style to move away from (turns on guidance: a second pass per step, about 2× slower)",
+    "negative_style": "A style code to move away from (instead of negative_image)",
 }
 
 
@@ -155,6 +165,8 @@ ScheduleName = app_commands.Transform[str, OneOf("style_schedule", SCHEDULE_CHOI
 SelectionName = app_commands.Transform[str, OneOf("append_selection", SELECTION_CHOICES)]
 SweepPresetName = app_commands.Transform[str, OneOf("preset", SWEEP_PRESET_CHOICES)]
 ResetName = app_commands.Transform[str, OneOf("setting", RESET_CHOICES)]
+
+Weights = app_commands.Range[str, 1, 60]  #: checked against the references' count by ``bot.refset``
 
 Alphas = app_commands.Transform[str, AxisValues("alphas")]
 Layers = app_commands.Transform[str, AxisValues("layers")]

@@ -11,6 +11,7 @@ from bot.params import GenerationOptions
 from bot.services import services_of
 from cogs._options import (
     DESCRIBE,
+    MULTI_DESCRIBE,
     BlendModeName,
     Layer,
     Prompt,
@@ -22,6 +23,7 @@ from cogs._options import (
     Strength,
     StyleWeight,
     TokensName,
+    Weights,
     preset_autocomplete,
 )
 
@@ -33,7 +35,7 @@ class Stylize(commands.Cog):
         self.bot = bot
 
     @app_commands.command(name="stylize", description="Make an image in the style of a reference image")
-    @app_commands.describe(**DESCRIBE)
+    @app_commands.describe(**DESCRIBE, **MULTI_DESCRIBE)
     @app_commands.autocomplete(preset=preset_autocomplete)
     @app_commands.guild_only()
     @app_commands.checks.bot_has_permissions(attach_files=True, embed_links=True)
@@ -44,12 +46,16 @@ class Stylize(commands.Cog):
                       tokens: TokensName | None = None, seed: Seed | None = None, steps: Steps | None = None,
                       size: Size | None = None, strength: Strength | None = None,
                       style_schedule: ScheduleName | None = None, append_selection: SelectionName | None = None,
-                      preset: str | None = None, private: bool | None = None, style: str | None = None) -> None:
+                      preset: str | None = None, private: bool | None = None, style: str | None = None,
+                      image2: discord.Attachment | None = None, image3: discord.Attachment | None = None,
+                      image4: discord.Attachment | None = None, weights: Weights | None = None,
+                      negative_image: discord.Attachment | None = None, negative_style: str | None = None) -> None:
         options = GenerationOptions(prompt=prompt or "", style_weight=style_weight, blend_mode=blend_mode,
                                     layer=layer, tokens=tokens, seed=seed, steps=steps, size=size, strength=strength,
                                     preset=preset, private=private, style=style, style_schedule=style_schedule,
-                                    append_selection=append_selection)
-        await services_of(interaction).jobs.stylize(interaction, image, options)
+                                    append_selection=append_selection, weights=weights, negative_style=negative_style)
+        await services_of(interaction).jobs.stylize(interaction, image, options, (image2, image3, image4),
+                                                    negative_image)
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -10,107 +10,15 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from engine.choices import (  # noqa: F401 (re-exported: callers import the enums from here)
+    AppendSelection, BlendMode, Choice, FitMode, Normalization, OutlierDirection, OutlierMode, PositionKind,
+    StyleSchedule, TokenMode,
+)
 from engine.styleweight import alpha_to_style_weight, style_weight_to_alpha  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
     from PIL import Image
-
-
-class _Choice(str, Enum):
-    """A string enum whose ``parse`` names the parameter and the allowed values on a bad value."""
-
-    @classmethod
-    def parse(cls, value: Any, name: str) -> Any:
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(str(value).strip().lower())
-        except ValueError:
-            allowed = ", ".join(m.value for m in cls)
-            raise ValueError(f"{name} must be one of {allowed}; got {value!r}") from None
-
-    def __str__(self) -> str:  # f"{mode}" prints "pool", not "BlendMode.POOL"
-        return self.value
-
-
-class TokenMode(_Choice):
-    """Which positions of the Qwen3-VL sequence are kept (one enum: the seed's three booleans could conflict)."""
-
-    FULL = "full"  #: every position: chat markers, image tokens, prompt text
-    TEXT = "text"  #: everything except the vision span (chat prefix, prompt text, suffix)
-    IMAGE = "image"  #: the vision span with its <|vision_start|>/<|vision_end|> markers
-    IMAGE_NO_MARKERS = "image_no_markers"  #: the image tokens alone
-
-
-class Normalization(_Choice):
-    """How VL hidden states are rescaled towards the statistics of the Qwen3 text encoder."""
-
-    #: (default) each row to unit RMS at extraction; at the blend, each VL row the DiT reads is scaled to the median
-    #: RMS of the prompt's content rows, so alpha is the VL share of every row whatever the prompt length, image
-    #: budget and token mode (the DiT RMS-normalises caption rows: only directions and relative scales matter)
-    ROW_RMS = "row_rms"
-    GLOBAL = "global"  #: the seed's: one multiplicative factor so the overall std equals ``target_std``
-    PER_DIM = "per_dim"  #: z-score each dimension, clip at 3 sigma, map onto reference per-dimension mean/std
-    HYBRID = "hybrid"  #: the average of ``global`` and ``per_dim``
-    NONE = "none"  #: raw hidden states (same as ``scale_to_text=False``)
-
-
-class OutlierMode(_Choice):
-    """What happens to dimensions whose std ratio to the reference leaves the ``[1/t, t]`` band."""
-
-    NONE = "none"
-    ZERO = "zero"  #: set the column to 0
-    MEAN = "mean"  #: set the column to the reference's content mean (what a text row holds there)
-    CLAMP = "clamp"  #: bound each value to the reference band (mean +/- t * ref_std)
-    SCALE = "scale"  #: rescale the whole column so its std sits on the band's edge
-
-
-class OutlierDirection(_Choice):
-    BOTH = "both"
-    HIGH = "high"  #: over-dispersed only (std ratio > t): what the seed's code checked
-    LOW = "low"  #: under-dispersed only (std ratio < 1/t): what the seed's documented outliers were
-
-
-class BlendMode(_Choice):
-    """How the VL sequence is mixed into the text embedding. See ``engine.conditioning.blend`` for each formula."""
-    LINEAR = "linear"
-    INTERPOLATE = "interpolate"
-    ADAIN = "adain"
-    ADAIN_PER_DIM = "adain_per_dim"
-    STYLE_DELTA = "style_delta"
-    POOL = "pool"
-    APPEND = "append"
-    REPLACE = "replace"
-
-
-class FitMode(_Choice):
-    """How a caption longer than the DiT's limit (1504 positions) is brought under it."""
-    TRUNCATE = "truncate"
-    INTERPOLATE = "interpolate"
-    POOL = "pool"
-    ATTENTION_POOL = "attention_pool"
-
-
-class StyleSchedule(_Choice):
-    """The reference's share over the denoising steps (formulas: ``engine.conditioning.schedule``)."""
-    CONSTANT = "constant"  #: alpha at every step (the one-caption path)
-    EARLY = "early"  #: alpha on the first half of the steps (composition), none after
-    LATE = "late"  #: none on the first half, alpha after (texture and detail)
-    RAMP, RAMP_DOWN = "ramp", "ramp_down"  #: linear from 0 to alpha / from alpha to 0 over the steps
-
-
-class AppendSelection(_Choice):
-    """Which image rows ``append`` adds: 2-D area ``pool`` s, or the rows the prompt's tokens give most
-    ``attention`` at the chosen layer (``engine.conditioning.attention``)."""
-    POOL = "pool"
-    ATTENTION = "attention"
-
-
-class PositionKind(_Choice):
-    TEXT = "text"
-    IMAGE = "image"
-    MARKER = "marker"
 
 
 #: Largest caption the Z-Image DiT accepts after padding to a multiple of 32 (RoPE axis-0 table of 1536 entries).
@@ -233,6 +141,11 @@ VL_FIELDS = ("hidden_layer", "tokens", "normalization", "target_std", "outlier_m
              "outlier_direction", "blend_mode", "prompt", "vl_text", "think", "append_selection")
 
 
+#: The request fields that hold images: never in :meth:`StylizeRequest.record` (their sizes are), given back to
+#: :meth:`StylizeRequest.from_record`.
+IMAGE_FIELDS = ("reference", "references", "negative_reference")
+
+
 @dataclass(frozen=True)
 class StylizeRequest:
     """One generation request: everything that decides the output image(s).
@@ -241,6 +154,7 @@ class StylizeRequest:
     ``hidden_layer`` is one layer (``-6``) or a tuple of :class:`LayerWeight` for a weighted multi-layer mix.
     ``strength`` ``None`` means txt2img; a value in (0, 1] runs img2img from the reference.
     ``seeds``: one seed per image; ``len(seeds)`` images are generated as one batch.
+    ``references``, ``weights``, ``negative_reference``: several references and a negative (:mod:`engine.multiref`).
     """
 
     prompt: str = ""
@@ -268,6 +182,9 @@ class StylizeRequest:
     shift: float = 3.0
     style_schedule: StyleSchedule = StyleSchedule.CONSTANT  #: the reference's share over the steps
     append_selection: AppendSelection = AppendSelection.POOL  #: append's rows: pooled, or chosen by attention
+    references: tuple[Image.Image, ...] = ()  #: further references after ``reference`` (at most 4 in all)
+    weights: tuple[float, ...] = ()  #: one per reference, ``reference`` first; ``()``: equal weights
+    negative_reference: Image.Image | None = None  #: CFG's negative caption: the prompt with this reference blended
 
     def vl_settings(self) -> dict[str, Any]:
         """What the extraction depends on besides the pixels, canonical and JSON-safe: ``layers``, ``tokens``, the
@@ -321,7 +238,7 @@ class StylizeRequest:
         """Every parameter, JSON-safe, without the image itself (PNG metadata, job rows, metadata.json)."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            if f.name == "reference":
+            if f.name in IMAGE_FIELDS:
                 continue
             value = getattr(self, f.name)
             if isinstance(value, Enum):
@@ -332,15 +249,20 @@ class StylizeRequest:
                 value = list(value)
             out[f.name] = value
         out["reference"] = None if self.reference is None else list(self.reference.size)
+        out["references"] = [list(image.size) for image in self.references]
+        out["negative_reference"] = None if self.negative_reference is None else list(self.negative_reference.size)
         return out
 
     @classmethod
-    def from_record(cls, record: dict[str, Any], reference: Image.Image | None = None) -> StylizeRequest:
-        """The inverse of :meth:`record` (a job row rebuilt after a restart); unknown keys are ignored."""
+    def from_record(cls, record: dict[str, Any], reference: Image.Image | None = None,
+                    references: tuple[Image.Image, ...] = (), negative_reference: Image.Image | None = None
+                    ) -> StylizeRequest:
+        """The inverse of :meth:`record` (a job row rebuilt after a restart) given its images; unknown keys are
+        ignored, and a record older than a field gets the field's default."""
         enums = {"blend_mode": BlendMode, "tokens": TokenMode, "normalization": Normalization,
                  "outlier_mode": OutlierMode, "outlier_direction": OutlierDirection, "fit_mode": FitMode,
                  "style_schedule": StyleSchedule, "append_selection": AppendSelection}
-        names = {f.name for f in dataclasses.fields(cls)} - {"reference"}
+        names = {f.name for f in dataclasses.fields(cls)} - set(IMAGE_FIELDS)
         kwargs: dict[str, Any] = {}
         for key, value in record.items():
             if key not in names:
@@ -349,10 +271,11 @@ class StylizeRequest:
                 value = enums[key].parse(value, key)
             elif key == "hidden_layer":
                 value = parse_hidden_layer(value)
-            elif key == "seeds":
-                value = tuple(int(s) for s in value)
+            elif key in ("seeds", "weights"):
+                value = tuple((int if key == "seeds" else float)(s) for s in value)
             kwargs[key] = value
-        return cls(reference=reference, **kwargs)
+        return cls(reference=reference, references=tuple(references), negative_reference=negative_reference,
+                   **kwargs)
 
 
 @dataclass
@@ -378,6 +301,8 @@ class Encoded:
         vl: the reference's Qwen3-VL extraction, or ``None`` without a reference or at ``alpha == 0``.
         neutral: ``style_delta``'s mid-gray extraction, or ``None`` for the other modes.
         negative: CFG's empty-prompt embedding ``[L_n, D]``, or ``None`` when ``guidance_scale == 0``.
+        more: the further references' extractions (``StylizeRequest.references`` order); negative_vl: the negative
+            reference's (its caption replaces ``negative``).
         timings: seconds spent on ``vl`` (with the neutral) and ``text`` (with the negative).
     """
 
@@ -386,6 +311,8 @@ class Encoded:
     neutral: VLResult | None = None
     negative: torch.Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    more: tuple[VLResult, ...] = ()
+    negative_vl: VLResult | None = None
 
 
 @dataclass

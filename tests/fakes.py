@@ -17,7 +17,7 @@ from PIL import Image
 
 from engine.conditioning.text import ReferenceStats
 from engine.generation.zimage import Cancelled
-from engine.types import PositionKind, StylizeRequest, StylizeResult, VLResult
+from engine.types import Encoded, PositionKind, StylizeRequest, StylizeResult, VLResult
 
 WAIT = 10.0  #: generous bound for "this happens"; tests never wait it out when they pass
 
@@ -50,6 +50,7 @@ class FakePipeline:
         self.entered: dict[tuple[str, str], threading.Event] = {}
         self.aborted: list[str] = []
         self.requests: list[StylizeRequest] = []
+        self.encoded: list[Encoded] = []
         self.threads: dict[str, set[str]] = {"vl": set(), "dit": set()}
         self.negatives_made: set[tuple[int, bool]] = set()
         self.stats_computed: list[str] = []
@@ -135,6 +136,9 @@ class FakePipeline:
         """One image per seed, after ``request.steps`` steps (each reported, each checking ``should_abort``)."""
         label = request.prompt
         self.requests.append(request)
+        if isinstance(vl, Encoded):  # several references or a negative: the worker hands over all extractions
+            self.encoded.append(vl)
+            vl, text_emb = vl.vl, vl.prompt_embeds
         self.threads["dit"].add(threading.current_thread().name)
         assert self.loaded["dit"], "DiT used before it was loaded"
         assert text_emb is not None

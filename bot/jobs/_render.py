@@ -16,6 +16,7 @@ from typing import Any
 
 import discord
 
+from bot.refset import references_record
 from bot.params import describe_layer
 from bot.text import display_text
 from bot.jobs._buttons import result_view, suggestions_view
@@ -49,7 +50,18 @@ class Outgoing:
 def _record(job: Job, result: Any, params: dict[str, Any]) -> dict[str, Any]:
     """What a result PNG carries: enough to reproduce it."""
     return {"job_id": job.id, "params": result.params, "seeds": result.seeds, "timings": result.timings,
-            "resolved": params.get("resolved"), "reference_sha256": (params.get("reference") or {}).get("sha256")}
+            "resolved": params.get("resolved"), "reference_sha256": (params.get("reference") or {}).get("sha256"),
+            **references_record(params)}
+
+
+def _negative_text(params: dict[str, Any], outcome: JobOutcome) -> str | None:
+    """The result's negative reference: its style code and the CFG scale it ran at (``None`` without one)."""
+    multi = params.get("multi") or {}
+    if not multi.get("negative"):
+        return None
+    code = params.get("negative_style_code")
+    scale = float(outcome.results[0].params.get("guidance_scale", 0.0))
+    return f"{f'`{code}`' if code else 'an image'} · guidance {scale:g} (a second pass per step)"
 
 
 def _encode_images(job: Job, outcome: JobOutcome, limit: int) -> list[tuple[str, bytes]]:
@@ -176,7 +188,8 @@ async def render_result(job: Job, outcome: JobOutcome, limit: int) -> Outgoing:
         uploads = await asyncio.to_thread(_encode_images, job, outcome, limit)
         rendered = result_embed(job_id=job.id, prompt=params["prompt"], resolved=params["resolved"],
                                 strength=params.get("strength"), preset=params.get("preset"),
-                                timings=outcome.timings, style_code=params.get("style_code"))
+                                timings=outcome.timings, style_code=params.get("style_code"),
+                                negative=_negative_text(params, outcome))
         if rendered.truncated:
             uploads.append(("params.json", params_json({"job_id": job.id, **params})))
         rendered.embed.set_image(url=f"attachment://{uploads[0][0]}")

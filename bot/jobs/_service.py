@@ -43,10 +43,10 @@ from bot.params import (
     settings_defaults,
 )
 from bot.references import Reference, ReferenceStore
+from bot.refset import Extras, ReferenceGatherer, load_extras
 from bot.jobs._render import save_results
 from bot.store import JobKind, JobStatus, Store, resolve_params
 from bot.store.db import utcnow
-from bot.store.styles import StyleCode
 from bot.styles import StyleBook
 from bot.jobs._buttons import PresetNameModal, status_view
 from bot.ui.embeds import info_embed, settings_lines, status_line
@@ -100,6 +100,7 @@ class JobService(DescribeJobs):
                  notifier: Notifier, cooldowns: Cooldowns, styles: StyleBook) -> None:
         self.settings, self.store, self.worker = settings, store, worker
         self.references, self.notifier, self.cooldowns, self.styles = references, notifier, cooldowns, styles
+        self.gatherer = ReferenceGatherer(references, styles)
         self.closing = False
         self._starting = 0
         self._none_starting = asyncio.Event()
@@ -129,9 +130,11 @@ class JobService(DescribeJobs):
 
     # --- starting jobs --------------------------------------------------------------------------------------------
     async def stylize(self, interaction: discord.Interaction, image: discord.Attachment | None,
-                      options: GenerationOptions) -> None:
-        """``/stylize`` (and ``/preset use``): one image in the style of ``image`` (or of ``options.style``)."""
-        await self._start(interaction, JobKind.STYLIZE, image, options, None)
+                      options: GenerationOptions, more: tuple[discord.Attachment | None, ...] = (),
+                      negative: discord.Attachment | None = None) -> None:
+        """``/stylize`` (and ``/preset use``): one image in the style of ``image`` and ``more`` (``image2``…) and of
+        ``options.style``'s codes, weighted by ``options.weights``, away from ``negative`` (``bot.refset``)."""
+        await self._start(interaction, JobKind.STYLIZE, image, options, None, more, negative)
 
     async def sweep(self, interaction: discord.Interaction, image: discord.Attachment, options: GenerationOptions,
                     *, preset: str | None, overrides: dict[str, str], kind: JobKind = JobKind.SWEEP) -> None:
@@ -139,15 +142,15 @@ class JobService(DescribeJobs):
         await self._start(interaction, kind, image, options, {"preset": preset, "overrides": overrides})
 
     async def _start(self, interaction: discord.Interaction, kind: JobKind, image: discord.Attachment | None,
-                     options: GenerationOptions, sweep: dict[str, Any] | None) -> None:
+                     options: GenerationOptions, sweep: dict[str, Any] | None,
+                     more: tuple[discord.Attachment | None, ...] = (), negative: discord.Attachment | None = None
+                     ) -> None:
         async with self._starting_job():
-            await self._start_job(interaction, kind, image, options, sweep)
+            gathered = await self.gatherer.check(interaction, [image, *more], options, negative)  # private refusals
+            await self._start_job(interaction, kind, gathered, options, sweep)
 
-    async def _start_job(self, interaction: discord.Interaction, kind: JobKind, image: discord.Attachment | None,
+    async def _start_job(self, interaction: discord.Interaction, kind: JobKind, gathered: Any,
                          options: GenerationOptions, sweep: dict[str, Any] | None) -> None:
-        style = await self._style_row(interaction, image, options.style)  # before the defer: a bad code is private
-        if image is not None:
-            self.references.check_declared(image)
         user = await self.store.defaults.get(interaction.user.id)
         private = options.private if options.private is not None else bool(user.get("private", False))
         await defer_reply(interaction, private=private)
@@ -156,23 +159,12 @@ class JobService(DescribeJobs):
                               interaction.filesize_limit)
         if sweep is not None:
             self._requests(kind, params, None)  # refuse a bad sweep before downloading anything
-        reference = await self.references.fetch(image) if image is not None else await self.styles.load(style)
-        params["reference"] = reference.record()
-        params["style_code"] = await self.styles.remember(reference, guild_id=interaction.guild_id,
-                                                          user_id=interaction.user.id)
-        await self._submit(interaction, kind, params, reference)
-
-    async def _style_row(self, interaction: discord.Interaction, image: discord.Attachment | None,
-                         style: str | None) -> StyleCode | None:
-        """The row ``style`` names here (``None`` without one); exactly one of an image and a code is needed
-        until requests take several references."""
-        if style is None:
-            if image is None:
-                raise UserError("Attach a reference image, or give `style:` a style code (see `/style list`).")
-            return None
-        if image is not None:
-            raise UserError("style: give either an image or a style code, not both (one reference per request).")
-        return await self.styles.find(style, guild_id=interaction.guild_id, user_id=interaction.user.id)
+        self.gatherer.check_resolved(gathered, resolved)
+        reference, extras = await self.gatherer.fetch(gathered)
+        params["reference"] = reference.record() if reference is not None else None
+        params.update(await self.gatherer.remember(reference, extras, guild_id=interaction.guild_id,
+                                                   user_id=interaction.user.id))
+        await self._submit(interaction, kind, params, reference, extras)
 
     async def _resolve(self, interaction: discord.Interaction, options: GenerationOptions,
                        user: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -198,9 +190,10 @@ class JobService(DescribeJobs):
                 "preset": preset, "reference": reference, "sweep": sweep,
                 "delivery": {"private": private, "upload_limit": int(upload_limit)}}
 
-    def _requests(self, kind: str, params: dict[str, Any],
-                  reference: Reference | None) -> tuple[list[StylizeRequest], SweepPlan | None]:
+    def _requests(self, kind: str, params: dict[str, Any], reference: Reference | None,
+                  extras: Extras | None = None) -> tuple[list[StylizeRequest], SweepPlan | None]:
         base = StylizeRequest.from_record(params["request"], reference.image if reference else None)
+        base = extras.apply(base) if extras is not None else base
         if kind in (JobKind.STYLIZE, JobKind.DESCRIBE):
             return [base], None
         sweep = params["sweep"]
@@ -211,8 +204,8 @@ class JobService(DescribeJobs):
         return [cell.request for cell in plan.cells], plan
 
     async def _submit(self, interaction: discord.Interaction, kind: JobKind, params: dict[str, Any],
-                      reference: Reference | None) -> None:
-        requests, plan = self._requests(kind, params, reference)
+                      reference: Reference | None, extras: Extras | None = None) -> None:
+        requests, plan = self._requests(kind, params, reference, extras)
         delivery = Delivery.from_interaction(interaction, params["delivery"]["private"])
         job = Job(owner_id=interaction.user.id, requests=requests, guild_id=interaction.guild_id, kind=kind.value,
                   context={"delivery": delivery, "params": params, "reference": reference, "plan": plan})
@@ -267,7 +260,7 @@ class JobService(DescribeJobs):
     async def _rebuild(self, row: Any) -> Job:
         params = row.params
         reference = await self.references.load(params["reference"]) if params.get("reference") else None
-        requests, plan = self._requests(row.kind.value, params, reference)
+        requests, plan = self._requests(row.kind.value, params, reference, await load_extras(self.references, params))
         return Job(owner_id=row.owner_id, requests=requests, guild_id=row.guild_id, kind=row.kind.value, id=row.id,
                    created_at=row.created_at.timestamp(),
                    context={"delivery": self._delivery(row), "params": params, "reference": reference, "plan": plan})
@@ -344,10 +337,12 @@ class JobService(DescribeJobs):
         private = bool(params["delivery"]["private"])
         await defer_reply(interaction, private=private)
         reference = await self.references.load(params["reference"]) if params.get("reference") else None
+        extras = await load_extras(self.references, params)
         new = self._params(params["prompt"], resolved, params.get("strength"), params.get("preset"),
                            params.get("reference"), params.get("sweep"), private, interaction.filesize_limit)
         new["source_job"] = row.id
-        await self._submit(interaction, JobKind(row.kind), new, reference)
+        new.update({k: params[k] for k in ("style_code", "style_codes", "negative_style_code", "multi") if k in params})
+        await self._submit(interaction, JobKind(row.kind), new, reference, extras)
 
 
 def nearby_alpha(alpha: float, rng: random.Random | None = None) -> float:

@@ -14,7 +14,7 @@ from typing import Any
 
 import discord
 
-from bot.params import BLEND_MODES, describe_layer, size_name
+from bot.params import BLEND_MODES, SEVERAL_REFERENCES, describe_layer, size_name
 from bot.text import display_text
 from engine.serving.events import EventKind, ProgressEvent
 from engine.types import BlendMode
@@ -122,7 +122,7 @@ class Rendered:
 
 def result_embed(*, job_id: str, prompt: str, resolved: Mapping[str, Any], strength: float | None,
                  preset: str | None, timings: Mapping[str, float], title: str = "Stylized",
-                 style_code: str | None = None) -> Rendered:
+                 style_code: str | None = None, negative: str | None = None) -> Rendered:
     """The result of a /stylize job: the prompt, every parameter, the seed, the reference's style code (to reuse
     it without the image) and the timings."""
     shown = truncate(display_text(prompt), PROMPT_SHOWN) if prompt else "*(no prompt: the reference alone)*"
@@ -132,6 +132,8 @@ def result_embed(*, job_id: str, prompt: str, resolved: Mapping[str, Any], stren
     if style_code:
         embed.add_field(name="Style code", value=f"`{style_code}` · reuse with `/stylize style:{style_code}`",
                         inline=False)
+    if negative:
+        embed.add_field(name="Negative style", value=negative, inline=False)
     embed.add_field(name="Timings", value=timings_text(timings), inline=False)
     embed.set_footer(text=f"job {job_id}")
     embed, cut = fit_embed(embed)
@@ -246,7 +248,8 @@ def modes_embed(mode: str | None = None) -> discord.Embed:
                           description="How the reference is mixed into your prompt. Set yours with "
                                       "`/blendmode set`; compare them with `/blendmode compare`.")
     for m in modes:
-        embed.add_field(name=m.value, value=BLEND_MODES[m][1], inline=False)
+        embed.add_field(name=m.value, value=f"{BLEND_MODES[m][1]} *Several references:* {SEVERAL_REFERENCES[m]}",
+                        inline=False)
     return fit_embed(embed)[0]
 
 

@@ -178,7 +178,7 @@ def load_weights(pipe: Any, settings: Any, progress: Progress, components: Seque
 
 def needed_components(requests: Sequence[StylizeRequest]) -> list[str]:
     """The components the requests use: text and DiT always, Qwen3-VL when one blends a reference."""
-    needs_vl = any(r.reference is not None and r.alpha > 0 for r in requests)
+    needs_vl = any((r.reference is not None or r.negative_reference is not None) and r.alpha > 0 for r in requests)
     return ["text", "dit"] + (["vl"] if needs_vl else [])
 
 

@@ -92,10 +92,18 @@ def _add_stylize(sub) -> None:
     st = sub.add_parser("stylize", help="generate one image in the style of a reference",
                         description="Generate one image; every parameter is stored in the PNG (zvl chunk).",
                         epilog=EPILOG)
-    ref = st.add_mutually_exclusive_group(required=True)
-    ref.add_argument("-i", "--image", metavar="REF", help="reference image (its style code is printed)")
-    ref.add_argument("--style", metavar="CODE", help="reuse a reference by the style code an earlier run printed "
-                                                     "(kept in DATA_DIR/styles)")
+    ref = st.add_argument_group("references (up to 4: the -i files, then the --style codes)")
+    ref.add_argument("-i", "--image", metavar="REF", action="append",
+                     help="reference image; repeat for several (each one's style code is printed)")
+    ref.add_argument("--style", metavar="CODE", action="append",
+                     help="reuse a reference by the style code an earlier run printed (kept in DATA_DIR/styles); "
+                          "repeatable, CODE::W gives it weight W")
+    _add_weights(ref)
+    neg = ref.add_mutually_exclusive_group()
+    neg.add_argument("--negative-image", metavar="NEG",
+                     help="a reference the image moves away from (CFG's negative; turns CFG on at 2.0: a second DiT "
+                          "pass per step)")
+    neg.add_argument("--negative-style", metavar="CODE", help="the negative reference by its style code")
     st.add_argument("-p", "--prompt", required=True, help="text prompt")
     st.add_argument("-o", "--output", required=True, metavar="OUT.png", help="output PNG")
     g = st.add_argument_group("generation")
@@ -122,7 +130,9 @@ def _add_stylize(sub) -> None:
 def _add_sweep(sub) -> None:
     sw = sub.add_parser("sweep", help="run a parameter sweep: one PNG per cell, metadata.json, comparison_grid.png",
                         description=SWEEP_DESCRIPTION, epilog=EPILOG)
-    sw.add_argument("-i", "--image", required=True, metavar="REF", help="reference image")
+    sw.add_argument("-i", "--image", required=True, metavar="REF", action="append",
+                    help="reference image; repeat for several (up to 4, with --weights)")
+    _add_weights(sw)
     sw.add_argument("-p", "--prompt", required=True, action="append", dest="prompts", metavar="PROMPT",
                     help="text prompt; repeat for several (one subfolder each)")
     sw.add_argument("-o", "--output-dir", metavar="DIR", help="output folder (default ./sweep_<preset>_<time>)")
@@ -192,8 +202,14 @@ def _add_common_generation_args(g) -> None:
     g.add_argument("--seed", type=int, help=f"seed (default {DEFAULT_SEED})")
     g.add_argument("--width", type=int, help="output width, a multiple of 16 (1024)")
     g.add_argument("--height", type=int, help="output height, a multiple of 16 (1024)")
-    g.add_argument("--guidance-scale", type=float, help="CFG scale (0: off, as Turbo expects)")
+    g.add_argument("--guidance-scale", "--cfg", dest="guidance_scale", type=float,
+                   help="CFG scale (0: off, as Turbo expects; 2.0 with a negative reference)")
     g.add_argument("--shift", type=float, help="scheduler shift (3.0, always passed explicitly)")
+
+
+def _add_weights(g) -> None:
+    g.add_argument("--weights", nargs="+", metavar="W", help="relative weight of each reference, in order "
+                                                             "(e.g. --weights 2 1; default equal)")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

@@ -1,5 +1,6 @@
-"""``python -m engine stylize``: one image in the style of a reference (``-i REF``, or ``--style CODE`` for one an
-earlier run stored); every parameter is stored in the PNG, and the reference's style code is printed."""
+"""``python -m engine stylize``: one image in the style of references (``-i REF`` and ``--style CODE`` for one an
+earlier run stored, up to 4 with ``--weights``; ``--negative-image``/``--negative-style`` to move away from one);
+every parameter is stored in the PNG, and each reference's style code is printed."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from engine.cli._common import (
     base_request,
     check_alpha_flag,
     check_inputs,
-    load_reference,
     load_weights,
     make_pipeline,
     models_record,
@@ -25,7 +25,7 @@ from engine.cli._errors import EXIT_OK, CliError, UsageError, one_line
 from engine.cli._output import Progress, jsonable, notice, print_json, result_record
 from engine.files import atomic_write_bytes
 from engine.media.images import png_with_metadata
-from engine.styles import LocalStyles, parse_style, single_reference_weight
+from engine.cli.refs import CliReferences, gather_references, local_styles
 from engine.sweep.axes import parse_values
 from engine.types import (
     AppendSelection,
@@ -46,7 +46,7 @@ __all__ = ["cmd_stylize"]
 def cmd_stylize(args: argparse.Namespace) -> int:
     """Check every flag, load the models, generate, write the PNG(s) with their record."""
     progress = Progress(not args.quiet, bars=not args.json)
-    out, settings, request, ref_path = _checked_request(args)
+    out, settings, request, refs = _checked_request(args)
     settings = prepare_models(settings)
     _make_folder(out.parent)
     quiet_libraries(args.debug)
@@ -56,13 +56,15 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     progress.line(f"generating {request.width}x{request.height}, {request.steps} steps, alpha={request.alpha:g} "
                   f"(style weight {alpha_to_style_weight(request.alpha):.4g}), mode={request.blend_mode} ...")
     result = _generate(pipe, request, progress)
-    record = result_record(result, reference=reference_record(ref_path, request.reference),
-                           models=models_record(settings, pipe), model_load_seconds=round(load_s, 3),
-                           style_weight=args.style_weight)
-    record["style_code"] = _remember_style(settings, request.reference)
+    first = reference_record(refs.paths[0], refs.images[0]) if refs.paths else None
+    record = result_record(result, reference=first, models=models_record(settings, pipe),
+                           model_load_seconds=round(load_s, 3), style_weight=args.style_weight, **refs.records())
+    record["style_codes"] = [_remember_style(settings, image) for image in refs.images]
+    record["style_code"] = record["style_codes"][0] if refs.images else None
     record["outputs"] = _write_images(out, result.images, record)
-    if record["style_code"]:
-        progress.line(f"style code {record['style_code']} (reuse it with --style {record['style_code']})")
+    codes = [code for code in record["style_codes"] if code]
+    if codes:
+        progress.line(f"style code{'s' * (len(codes) > 1)} {', '.join(codes)} (reuse with --style {codes[0]})")
     total = (result.timings or {}).get("total")
     progress.line(f"wrote {', '.join(record['outputs'])}" + (f" ({total:.1f} s)" if total else ""))
     if args.json:
@@ -70,9 +72,9 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _checked_request(args: argparse.Namespace) -> tuple[Path, Any, StylizeRequest, str]:
-    """The output path, the settings, the request and the reference's file, every flag checked (usage errors before
-    any model loads)."""
+def _checked_request(args: argparse.Namespace) -> tuple[Path, Any, StylizeRequest, CliReferences]:
+    """The output path, the settings, the request and its references, every flag checked (usage errors before any
+    model loads)."""
     alpha = _alpha(args)
     layer_int, layer_mix = _parse_layer_flag(args.layer)
     _check_choices(args)
@@ -84,34 +86,18 @@ def _checked_request(args: argparse.Namespace) -> tuple[Path, Any, StylizeReques
         normalization=args.normalization, outlier_mode=args.outlier_mode, append_tokens=args.append_tokens,
         steps=args.steps))
     strength = _strength(args.strength)
-    ref_path = args.image if args.style is None else _style_path(args.style, settings)
-    reference = load_reference(ref_path, settings)
-    request = base_request(settings, args, args.prompt, reference).replace(strength=strength,
-                                                                           think=bool(args.think))
+    refs = gather_references(args, settings)
+    request = refs.apply(base_request(settings, args, args.prompt, None)).replace(strength=strength,
+                                                                                  think=bool(args.think))
     if layer_mix is not None:
         request = request.replace(hidden_layer=layer_mix)
-    return out, settings, request, ref_path
-
-
-def _styles(settings: Any) -> LocalStyles:
-    """The CLI's own style codes, under the data folder (``--data-dir`` / ``ZVL_DATA_DIR``)."""
-    return LocalStyles(Path(settings.data_dir) / "styles")
-
-
-def _style_path(text: str, settings: Any) -> str:
-    """The stored reference ``--style CODE`` names (one reference: a weight other than 1 is refused)."""
-    try:
-        ref = parse_style(text, "--style")
-        single_reference_weight(ref, "--style")
-        return str(_styles(settings).path_of(ref, "--style"))
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    return out, settings, request, refs
 
 
 def _remember_style(settings: Any, image: Any) -> str | None:
     """The reference's style code, stored for ``--style`` (a store that cannot be written costs only the code)."""
     try:
-        return _styles(settings).remember(image)
+        return local_styles(settings).remember(image)
     except (OSError, ValueError) as exc:
         notice(f"warning: the style code could not be stored: {one_line(exc)}")
         return None

@@ -18,7 +18,6 @@ from typing import Any
 from engine.cli._common import (
     base_request,
     check_inputs,
-    load_reference,
     load_weights,
     make_pipeline,
     models_record,
@@ -33,6 +32,7 @@ from engine.cli._output import Progress, atomic_write_json, now, print_json
 from engine.cli.sweep_run import CELL_FILE, SweepRun, prompt_dirname, run_sweep
 from engine.cli.sweep_scores import CHART_FILE, CSV_FILE, SweepScorer, judge_of
 from engine.sweep.plan import SweepPlan, plan_sweep
+from engine.cli.refs import CliReferences, gather_references
 from engine.types import style_weight_to_alpha
 
 __all__ = ["cmd_sweep"]
@@ -44,8 +44,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _check_flags(args)
     overrides = _overrides(args)
     settings = settings_from_args(args, {})
-    reference = load_reference(args.image, settings)
-    sweep = _plan_prompts(args, settings, reference, overrides)
+    refs = gather_references(args, settings)  # several -i: each cell blends them all (--weights)
+    reference = refs.images[0]
+    sweep = _plan_prompts(args, settings, refs, overrides)
     settings = prepare_models(settings)
     quiet_libraries(args.debug)
     pipe = make_pipeline(settings)
@@ -112,11 +113,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def _plan_prompts(args: argparse.Namespace, settings: Any, reference: Any, overrides: dict[str, Any]) -> _Sweep:
+def _plan_prompts(args: argparse.Namespace, settings: Any, refs: CliReferences, overrides: dict[str, Any]
+                  ) -> _Sweep:
     """One plan per prompt, and the folders they go to (refusing one that holds an earlier sweep)."""
     plans: list[tuple[str, SweepPlan]] = []
     for prompt in args.prompts:
-        base = base_request(settings, args, prompt, reference)
+        base = refs.apply(base_request(settings, args, prompt, None))
         try:
             plans.append((prompt, plan_sweep(base, args.sweep, overrides, max_cells=args.max_cells)))
         except ValueError as exc:
@@ -130,7 +132,8 @@ def _plan_prompts(args: argparse.Namespace, settings: Any, reference: Any, overr
                              "pass --overwrite")
     if root.exists() and not root.is_dir():
         raise UsageError(f"--output-dir {root} exists and is not a folder")
-    return _Sweep(plans=plans, root=root, folders=folders, reference=reference_record(args.image, reference))
+    record = {**reference_record(refs.paths[0], refs.images[0]), "references": refs.records()["references"]}
+    return _Sweep(plans=plans, root=root, folders=folders, reference=record)
 
 
 @dataclass

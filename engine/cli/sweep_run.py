@@ -23,7 +23,9 @@ from engine.cli.sweep_scores import SweepScorer
 from engine.files import atomic_write_bytes
 from engine.media.grid import make_sweep_grid
 from engine.media.images import png_with_metadata
+from engine.multiref import reference_requests
 from engine.sweep.plan import SweepCell, SweepPlan, fixed_summary
+from engine.types import Encoded
 
 __all__ = ["CELL_FILE", "SweepRun", "cell_filename", "prompt_dirname", "run_sweep"]
 
@@ -177,7 +179,11 @@ class _CellRunner:
         if tkey not in self.text_cache:
             self.text_cache[tkey] = self.pipe.encode_prompt(request)
             self.sweep.header["text_encodings"] += 1
-        result = self.pipe.generate(request, vl, self.text_cache[tkey], progress=on_step)
+        text = self.text_cache[tkey]
+        if request.references:  # several -i: each reference's extraction reused like the first's
+            more = tuple(self._extraction(sub)[0] for sub in reference_requests(request)[1:])
+            vl = Encoded(text, vl, more=more)
+        result = self.pipe.generate(request, vl, text, progress=on_step)
         if not result.images:
             raise RuntimeError("the pipeline returned no image")
         return result.images[0], result, reused

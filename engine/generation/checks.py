@@ -14,6 +14,7 @@ from engine.conditioning.text import check_layer
 from engine.conditioning.tokens import parse_layers
 from engine.limits import LIMITS
 from engine.media.images import check_reference_shape
+from engine.multiref import check_references
 from engine.types import (
     AppendSelection,
     BlendMode,
@@ -79,14 +80,19 @@ def check_request(request: Any, *, text_layers: int, vl_layers: int | None) -> N
 def _check_texts(r: StylizeRequest) -> None:
     if not isinstance(r.prompt, str):
         raise ValueError(f"prompt must be a string; got {type(r.prompt).__name__}")
-    if r.reference is not None and not isinstance(r.reference, Image.Image):
-        raise ValueError(f"reference must be a PIL image or None; got {type(r.reference).__name__}")
     if r.reference is not None:
-        check_reference_shape(*r.reference.size)  # before Qwen3-VL's processor refuses it, models loaded
+        _check_image(r.reference, "reference")
+    check_references(r, _check_image)
     if not r.prompt.strip() and r.reference is None:
         raise ValueError("prompt must not be empty when there is no reference image")
     if r.vl_text is not None and not isinstance(r.vl_text, str):
         raise ValueError(f"vl_text must be a string or None; got {type(r.vl_text).__name__}")
+
+
+def _check_image(image: Any, name: str) -> None:
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"{name} must be a PIL image or None; got {type(image).__name__}")
+    check_reference_shape(*image.size)  # before Qwen3-VL's processor refuses it, models loaded
 
 
 def _check_conditioning(r: StylizeRequest, text_layers: int) -> None:

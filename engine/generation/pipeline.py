@@ -39,7 +39,9 @@ from engine.generation.checks import check_request
 from engine.generation.components import COMPONENTS, ModelSet
 from engine.generation.memos import EncoderMemos
 from engine.generation.stepped import StepCaptions, step_captions
+from engine.generation.several import blend_references, encode_more, negative_caption
 from engine.generation.zimage import AbortFn, Cancelled, Denoised, ProgressFn
+from engine.multiref import reference_params
 from engine.types import (
     MAX_CAPTION_LEN,
     BlendMode,
@@ -192,13 +194,16 @@ class StylePipeline:
         """Steps 2-4: the prompt, the reference, style_delta's neutral and CFG's negative (encoders only)."""
         t0 = time.perf_counter()
         prompt_embeds = self.encode_prompt(request)
-        negative = self.negative_embedding(request) if float(request.guidance_scale) > 0 else None
+        empty_negative = float(request.guidance_scale) > 0 and request.negative_reference is None
+        negative = self.negative_embedding(request) if empty_negative else None
         t_text, t0 = _elapsed(t0), time.perf_counter()
         vl = self.encode_reference(request)
         neutral = None
         if vl is not None and BlendMode.parse(request.blend_mode, "blend_mode") is BlendMode.STYLE_DELTA:
             neutral = self.neutral_reference(request)
-        return Encoded(prompt_embeds, vl, neutral, negative, timings={"vl": _elapsed(t0), "text": t_text})
+        more, negative_vl = encode_more(self, request)  # several references, a negative: () and None otherwise
+        return Encoded(prompt_embeds, vl, neutral, negative, timings={"vl": _elapsed(t0), "text": t_text},
+                       more=more, negative_vl=negative_vl)
 
     # ------------------------------------------------------------------------------------------- 5-6. blend, fit
     def blend(self, request: StylizeRequest, text_emb: torch.Tensor, vl: VLResult | None,
@@ -239,13 +244,15 @@ class StylePipeline:
         vl = encoded.vl if float(request.alpha) > 0 else None
         if vl is None and self.needs_reference(request):
             raise ValueError("the request needs its reference extraction: pass encode(request)'s vl")
-        blended = self.blend(request, encoded.prompt_embeds, vl, encoded.neutral)
+        blended = blend_references(self, request, encoded, vl)
         negative = encoded.negative
-        if negative is None and float(request.guidance_scale) > 0:
+        if request.negative_reference is not None:
+            negative = negative_caption(self, request, encoded)
+        elif negative is None and float(request.guidance_scale) > 0:
             negative = self.negative_embedding(request)  # memoised: the encode stage normally made it
         out = Caption(encoded.prompt_embeds, vl, blended, self.fit(request, blended), negative)
-        out.steps = step_captions(request, vl is not None, out.caption, lambda a: self.fit(request, self.blend(
-            request.replace(alpha=a), encoded.prompt_embeds, vl, encoded.neutral)))  # style_schedule's captions
+        out.steps = step_captions(request, vl is not None, out.caption, lambda a: self.fit(request, blend_references(
+            self, request.replace(alpha=a), encoded, vl)))  # style_schedule's captions
         return out
 
     # ------------------------------------------------------------------------------------------- 7-8. denoise, decode
@@ -292,6 +299,7 @@ class StylePipeline:
             "batch_images": len(generation["seeds"]),
             "zimage": self.zimage_path.name,
             "vl_model": self.vl_path.name if vl is not None and self.vl_path is not None else None,
+            **reference_params(request),
         })
         return StylizeResult(images=images, seeds=list(request.seeds), params=params, timings=timings,
                              vl=vl.metadata() if vl is not None else None, stats=_caption_stats(caption))

@@ -80,6 +80,7 @@ class Run:
     vls: dict[str, Any] = field(default_factory=dict)
     texts: list[Any] = field(default_factory=list)
     neutrals: dict[int, Any] = field(default_factory=dict)  #: style_delta's neutral extraction, per cell
+    more: dict[int, Any] = field(default_factory=dict)  #: further/negative references' keys (serving.references)
     vl_device: str | None = None
     timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     step: int = 0
@@ -124,7 +125,7 @@ class Run:
         self.finished = True
         if self.timer is not None:
             self.timer.cancel()
-        self.vls, self.texts, self.neutrals = {}, [], {}
+        self.vls, self.texts, self.neutrals, self.more = {}, [], {}, {}
 
 
 @dataclass(eq=False)

@@ -26,6 +26,7 @@ from engine.serving.faults import fail_and_free, user_message
 from engine.serving.lifecycle import Gate, Models
 from engine.serving.protocols import BatchPipeline, PipelineLike, WorkerConfig
 from engine.serving.queue import Job, JobQueue, JobStatus
+from engine.serving.references import encoded_for, extractions, more_keys, more_neutrals
 from engine.serving.runs import Aborted, Handoff, Run, Stage, StageThreads, spawn
 from engine.serving.scores import score_results, wants_scores
 
@@ -129,10 +130,11 @@ class EncodeStage(_StageBase):
         job = run.job
         run.vl_keys, run.vl_device, run.text_cache_keys, stats_keys = await self._in_vl(run, self._prepare,
                                                                                           job.requests)
+        run.more = await self._in_vl(run, more_keys, self.models, job.requests)
         extracted = await self._extract_all(run, stats_keys)
         if any(str(r.blend_mode) == "style_delta" for r in job.requests):
             await self._ensure_stats(run, [i for i, k in enumerate(run.vl_keys) if k is not None], stats_keys)
-            run.neutrals, load_s = await self._in_vl(run, self._neutrals, job.requests, run.vl_keys)
+            run.neutrals, load_s = await self._in_vl(run, self._neutrals, job.requests, run.vl_keys, run.more)
             run.timings["load"] += load_s
             extracted = extracted or bool(run.neutrals)
         if extracted and self.config.vl_auto_unload:
@@ -165,10 +167,10 @@ class EncodeStage(_StageBase):
         return keys, None if device is None else str(device), text_keys, stats_keys
 
     async def _extract_all(self, run: Run, stats_keys: list[str | None]) -> bool:
-        """One extraction (or cache hit) per distinct VL key; whether any extraction ran."""
+        """One extraction (or cache hit) per distinct VL key (further and negative references too: each its own
+        key); whether any extraction ran."""
         extracted = False
-        for key in dict.fromkeys(k for k in run.vl_keys if k is not None):
-            i = run.vl_keys.index(key)
+        for key, (i, request) in extractions(run.vl_keys, run.job.requests, run.more).items():
             vl = await self.cache.get_vl(key)
             if vl is not None:
                 self.counters["vl_cache_hits"] += 1
@@ -176,7 +178,7 @@ class EncodeStage(_StageBase):
                 self.bus.emit(ProgressEvent(run.job.id, EventKind.VL_CACHED))
                 continue
             await self._ensure_stats(run, [i], stats_keys)
-            run.vls[key] = vl = await self._extract(run, run.job.requests[i])
+            run.vls[key] = vl = await self._extract(run, request)
             extracted = True
             if vl is not None:
                 await self.cache.put_vl(key, vl)
@@ -226,8 +228,10 @@ class EncodeStage(_StageBase):
         finally:
             self.models.used_vl()
 
-    def _neutrals(self, requests: list[StylizeRequest], keys: list[str | None]) -> tuple[dict[int, Any], float]:
-        """style_delta's neutral (mid-gray) extraction per cell, in the VL thread (the pipeline memoises it)."""
+    def _neutrals(self, requests: list[StylizeRequest], keys: list[str | None], more: dict[int, Any]
+                  ) -> tuple[dict[int, Any], float]:
+        """style_delta's neutral (mid-gray) extraction per cell, in the VL thread (the pipeline memoises it; the
+        further and negative references' too)."""
         pipe = self.models.pipe()
         out: dict[int, Any] = {}
         load_s = 0.0
@@ -236,6 +240,10 @@ class EncodeStage(_StageBase):
                 load_s += self.models.ensure(pipe, "vl")
                 out[i] = pipe.neutral_reference(request)
                 self.models.used_vl()
+        if more:
+            load_s += self.models.ensure(pipe, "vl")
+            more_neutrals(pipe, requests, more)
+            self.models.used_vl()
         return out, load_s
 
     async def _encode_texts(self, run: Run) -> None:
@@ -275,7 +283,7 @@ class EncodeStage(_StageBase):
                 load_s += self.models.ensure(pipe, "text")
                 seen[key] = pipe.encode_prompt(request)
             out.append(seen[key])
-            if request.guidance_scale > 0:
+            if request.guidance_scale > 0 and request.negative_reference is None:  # else: a VL negative
                 if not pipe.has_negative(request):  # the pipeline memoises it: the encoder is needed once
                     load_s += self.models.ensure(pipe, "text")
                 pipe.negative_embedding(request)  # made here, so the DiT thread never runs the text encoder
@@ -366,6 +374,8 @@ class DitStage(_StageBase):
         requests = [job.requests[i] for i in group]
         vls = [run.vls[run.vl_keys[i]] if run.vl_keys[i] is not None else None for i in group]
         texts = [run.texts[i] for i in group]
+        vls = [encoded_for(run.more[i], run.vls, vl, run.texts[i], run.neutrals.get(i)) if i in run.more else vl
+               for i, vl in zip(group, vls)]
         if len(group) > 1 and isinstance(pipe, BatchPipeline):
             return list(pipe.generate_batch(requests, vls, texts, progress=progress,
                                             should_abort=run.abort.is_set)), load_s

@@ -221,7 +221,7 @@ def _baseline(request: StylizeRequest, varying: dict[str, Any]) -> SweepCell:
         # style_delta) are refused without a reference, so the baseline names the default mode
         mode = request.blend_mode if request.blend_mode not in (BlendMode.APPEND, BlendMode.STYLE_DELTA) \
             else BlendMode.POOL
-        req = request.replace(alpha=0.0, reference=None, blend_mode=mode)
+        req = request.replace(alpha=0.0, reference=None, references=(), weights=(), blend_mode=mode)
         what = "baseline: text only (alpha=0)"
     else:
         req = request.replace(alpha=0.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import discord
 import pytest
 
-from bot.params import BLEND_MODES
+from bot.params import BLEND_MODES, SEVERAL_REFERENCES
 from bot.ui.embeds import (
     DESCRIPTION,
     FIELD_VALUE,
@@ -79,7 +79,8 @@ def test_status_lines(event: ProgressEvent, expected: str) -> None:
 def test_modes_embed_covers_every_mode_in_one_mapping() -> None:
     embed = modes_embed()
     assert [f.name for f in embed.fields] == [m.value for m in BLEND_MODES]
-    assert [f.value for f in embed.fields] == [text for _short, text in BLEND_MODES.values()]
+    assert [f.value for f in embed.fields] == [f"{text} *Several references:* {SEVERAL_REFERENCES[m]}"
+                                               for m, (_short, text) in BLEND_MODES.items()]
     assert within_limits(embed)
     assert modes_embed("append").fields[0].name == "append"
     with pytest.raises(ValueError, match="mode must be one of"):

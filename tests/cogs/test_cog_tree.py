@@ -82,8 +82,11 @@ def test_stylize_options(payload) -> None:
     ranges, choices and the preset autocomplete."""
     options = by_name(by_name(payload)["stylize"]["options"])
     assert list(options) == ["image", "prompt", "style_weight", "blend_mode", "layer", "tokens", "seed", "steps",
-                             "size", "strength", "style_schedule", "append_selection", "preset", "private", "style"]
+                             "size", "strength", "style_schedule", "append_selection", "preset", "private", "style",
+                             "image2", "image3", "image4", "weights", "negative_image", "negative_style"]
     assert options["image"]["type"] == 11 and options["style"]["type"] == 3
+    assert all(options[name]["type"] == 11 for name in ("image2", "image3", "image4", "negative_image"))
+    assert options["weights"]["type"] == 3 and options["weights"]["max_length"] == 60
     assert not any(o.get("required") for o in options.values())
     weight = options["style_weight"]
     assert (weight["type"], weight["min_value"], weight["max_value"]) == (4, 0, 1000)

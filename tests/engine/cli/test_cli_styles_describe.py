@@ -60,9 +60,10 @@ def test_bad_style_codes_are_one_line_before_any_model_loads(tmp_path, tiny_mode
     assert needle in _error_line(proc)
 
 
-def test_image_and_style_exclude_each_other(tmp_path, ref_png):
+def test_image_and_style_mix_and_an_unknown_code_is_named(tmp_path, ref_png):
+    """Several references (issue 15): -i and --style mix; the code is looked up before any model loads."""
     proc = _engine(tmp_path, "stylize", "-i", str(ref_png), "--style", "ab12cd34", "-p", "x", "-o", "o.png")
-    assert proc.returncode == 2 and "not allowed with argument" in _error_line(proc)
+    assert proc.returncode == 2 and "--style: no style ab12cd34 in" in _error_line(proc)
 
 
 @pytest.mark.slow
