@@ -122,3 +122,20 @@ def test_img2img_schedules_every_step_it_runs(pipe):
     full = _constant_caption(pipe, request, 0.6)
     assert [torch.equal(s[0], text) for s in seen] == [True, True, False, False]
     assert all(torch.equal(s[0], full) for s in seen[2:])
+
+
+def test_a_schedule_applies_to_several_references_too(pipe):
+    """With two references the caption of step k is the two-reference blend at α(k), not one reference's."""
+    from engine.multiref import with_references
+
+    base = StylizeRequest(prompt="a red fox", alpha=0.6, style_schedule="late", seeds=(7,), **SMALL)
+    request = with_references(base, [_ref(0), _ref(1)], (2, 1))
+    with dit_captions(pipe) as seen:
+        pipe(request)
+    text = _constant_caption(pipe, request, 0.0)
+    both = _constant_caption(pipe, request, 0.6)
+    only_first = _constant_caption(pipe, base.replace(reference=_ref(0)), 0.6)
+    assert [torch.equal(s[0], text) for s in seen] == [True, True, False, False]
+    for step in seen[2:]:
+        torch.testing.assert_close(step[0], both, atol=1e-6, rtol=1e-6)
+        assert not torch.allclose(step[0], only_first, atol=1e-4)
