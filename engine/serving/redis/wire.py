@@ -160,3 +160,8 @@ def results_of(blobs: dict[bytes, bytes]) -> list[Any]:
             out.append(StylizeResult(images, rec["seeds"], rec["params"], rec["timings"], rec["vl"], rec["stats"],
                                      rec["scores"]))
     return out
+
+
+def json_dict(text: str | None) -> dict[str, Any]:
+    """A JSON object stored as text (``{}`` when absent)."""
+    return json.loads(text) if text else {}
