@@ -34,19 +34,21 @@ class WorkerProc:
     """One worker process over the stand-in pipeline; its output goes to ``<folder>/<name>.log``."""
 
     def __init__(self, url: str, name: str, folder: Path, *, lease_s: float = 1.5, step_s: float = 0.05,
-                 pipeline: str = STAND_IN) -> None:
+                 pipeline: str | None = STAND_IN, env: dict[str, str] | None = None) -> None:
+        """``pipeline=None``: the real pipeline on the models ``env`` names (``ZVL_ZIMAGE_PATH``, ...)."""
         self.url, self.name, self.pipeline = url, name, pipeline
         self.log_path = folder / f"{name}.log"
-        self.env = {**os.environ, "ZVL_REDIS_LEASE_S": str(lease_s), "ZVL_STANDIN_STEP_S": str(step_s),
+        self.env = {**(env or os.environ), "ZVL_REDIS_LEASE_S": str(lease_s), "ZVL_STANDIN_STEP_S": str(step_s),
                     "ZVL_JOB_TIMEOUT_S": "60", "ZVL_VL_IDLE_UNLOAD_S": "0", "OMP_NUM_THREADS": "1",
                     "PYTHONPATH": str(ROOT)}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProc:
         with open(self.log_path, "ab") as out:
+            stand_in = ["--pipeline", self.pipeline] if self.pipeline else []
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "engine", "serve", "--redis-url", self.url, "--name", self.name,
-                 "--pipeline", self.pipeline], cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+                [sys.executable, "-m", "engine", "serve", "--redis-url", self.url, "--name", self.name, *stand_in],
+                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
         return self
 
     def log(self) -> str:
