@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any
 
-from engine.serving.redis.queue import REDIS_DOWN, RedisQueue
+from engine.serving.redis.queue import REDIS_DOWN, RedisQueue, raise_if_cancelled
 from engine.serving.redis.worker_side import Leases
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class FleetMember:
         try:
             answer = await self.queue.heartbeat(self.name, lease.sid, job_id)
         except REDIS_DOWN as exc:
+            raise_if_cancelled()
             if time.monotonic() - lease.confirmed_at > self.lease_s:
                 log.warning("job=%s: no heartbeat confirmed for a lease (%s); abandoning it", job_id, exc)
                 await self.abandon(job_id, LOST_CONTACT)
@@ -73,6 +74,7 @@ class FleetMember:
             try:
                 requeued, failed, cancelled = await self.queue.reap(self.lease_s, self.max_attempts)
             except REDIS_DOWN:
+                raise_if_cancelled()
                 continue
             if requeued or failed or cancelled:
                 log.info("reaped lost runs: %d requeued, %d failed, %d cancelled", requeued, failed, cancelled)
@@ -98,7 +100,7 @@ class FleetMember:
             try:
                 await self.register()
             except REDIS_DOWN:
-                pass
+                raise_if_cancelled()
             await asyncio.sleep(self.beat_s)
 
     async def register(self) -> None:
@@ -129,6 +131,7 @@ class FleetMember:
                         if message.get("type") == "message":
                             await self.obey(json.loads(message["data"]))
             except REDIS_DOWN:
+                raise_if_cancelled()
                 await asyncio.sleep(1.0)  # reconnect pacing through an outage
 
     async def obey(self, command: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ drain). Wall-clock time is passed in, never read by a script.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -43,6 +44,24 @@ class Taken:
     sid: str
     payload: bytes
     attempts: int
+
+
+def raise_if_cancelled() -> None:
+    """Re-raise a cancellation that redis-py turned into a connection or timeout error (it can, when the cancel
+    lands inside a command): a loop that retries through outages must still stop when it is cancelled."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+async def cancel_all(tasks: list[asyncio.Task]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended (cancelling again any that swallowed it)."""
+    pending = [t for t in tasks if not t.done()]
+    while pending:
+        for task in pending:
+            task.cancel()
+        _done, still = await asyncio.wait(pending, timeout=1.0)
+        pending = list(still)
 
 
 def connect(url: str) -> aioredis.Redis:

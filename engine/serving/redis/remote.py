@@ -29,7 +29,7 @@ from engine.serving.events import EventKind, ProgressEvent, Subscription
 from engine.serving.protocols import JobRecorder, LoggedRecorder, NullRecorder, RunningJob, WorkerStatus
 from engine.serving.queue import Job, JobOutcome, JobStatus, QueueUnavailable
 from engine.serving.redis import fleet, wire
-from engine.serving.redis.queue import REDIS_DOWN, RedisQueue
+from engine.serving.redis.queue import REDIS_DOWN, RedisQueue, cancel_all, raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,8 @@ class RedisEngine:
 
     async def stop(self, grace_s: float = 30.0) -> None:
         """Stop following (the jobs keep running on the workers; a restart's ``restore`` picks them up)."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        tasks, self._tasks = self._tasks, []
+        await cancel_all(tasks)
         await self.queue.aclose()
 
     def pause(self) -> None:
@@ -236,6 +234,7 @@ class RedisEngine:
             try:
                 got = await self.queue.client.xread(streams, count=100, block=self.block_ms)
             except REDIS_DOWN as exc:
+                raise_if_cancelled()
                 log.warning("following job events: %s (retrying)", exc)
                 await asyncio.sleep(1.0)  # reconnect pacing through an outage
                 continue
@@ -288,8 +287,10 @@ class RedisEngine:
     async def _reap_loop(self) -> None:
         while True:
             await asyncio.sleep(self.lease_s / 6)  # the reaper's period
-            with contextlib.suppress(*REDIS_DOWN):
+            try:
                 await self.queue.reap(self.lease_s, self.max_attempts)
+            except REDIS_DOWN:
+                raise_if_cancelled()
 
     async def _position_loop(self) -> None:
         """Follow ``changed`` nudges (debounced) and publish ``position`` events of followed queued jobs."""
@@ -302,7 +303,8 @@ class RedisEngine:
                             await asyncio.sleep(0.3)  # debounce: one update for a burst of nudges
                             await self._publish_positions()
             except REDIS_DOWN:
-                await asyncio.sleep(1.0)
+                raise_if_cancelled()
+                await asyncio.sleep(1.0)  # reconnect pacing through an outage
 
     async def _publish_positions(self) -> None:
         etas = await self._etas()

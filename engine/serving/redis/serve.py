@@ -18,7 +18,7 @@ from typing import Any
 
 from engine.serving.protocols import PipelineLike, WorkerConfig
 from engine.serving.redis.member import FleetMember
-from engine.serving.redis.queue import RedisQueue
+from engine.serving.redis.queue import RedisQueue, cancel_all
 from engine.serving.redis.worker_side import EventSink, Leases, RedisJobQueue, RedisRecorder
 from engine.serving.worker import EngineWorker
 
@@ -69,9 +69,7 @@ async def stop_serving(worker: EngineWorker, member: FleetMember, sink: EventSin
         await worker.stop(grace_s=grace_s)
         await sink.flush()
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(tasks)
         await member.unregister()
         await member.queue.aclose()
 

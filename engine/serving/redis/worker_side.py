@@ -21,7 +21,7 @@ from typing import Any
 from engine.serving.events import EventKind, ProgressEvent
 from engine.serving.queue import Job, JobOutcome
 from engine.serving.redis import wire
-from engine.serving.redis.queue import REDIS_DOWN, RedisQueue, Taken
+from engine.serving.redis.queue import REDIS_DOWN, RedisQueue, Taken, raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -55,27 +55,28 @@ class RedisJobQueue:
 
     async def get(self) -> Job:
         while True:
-            taken = await self._take()
-            if taken is None:
-                await self.queue.wait_for_work(self.idle_wait_s)
-                continue
-            job = await self._decode(taken)
+            job = await self._take_safely()
             if job is not None:
                 return job
+            await self.queue.wait_for_work(self.idle_wait_s)
 
-    async def _take(self) -> Taken | None:
-        """One take; a take that completes after the caller gave up (the gate closed) is put back first."""
-        task = asyncio.ensure_future(self.queue.take(self.consumer))
+    async def _take_safely(self) -> Job | None:
+        """One take and decode, safe to cancel (the gate closed): a job taken meanwhile goes back first in line."""
+        task = asyncio.ensure_future(self._take())
         try:
-            taken = await asyncio.shield(task)
+            return await asyncio.shield(task)
         except asyncio.CancelledError:
-            late = await asyncio.gather(task, return_exceptions=True)
-            if isinstance(late[0], Taken):
-                await self.queue.requeue(self.consumer, late[0].sid, late[0].job_id, REQUEUE_MESSAGE)
+            late = (await asyncio.gather(task, return_exceptions=True))[0]
+            if isinstance(late, Job):
+                await self.put(late, front=True)
             raise
-        if taken is not None:
-            self.leases[taken.job_id] = Lease(taken.sid, taken.attempts, time.monotonic())
-        return taken
+
+    async def _take(self) -> Job | None:
+        taken = await self.queue.take(self.consumer)
+        if taken is None:
+            return None
+        self.leases[taken.job_id] = Lease(taken.sid, taken.attempts, time.monotonic())
+        return await self._decode(taken)
 
     async def _decode(self, taken: Taken) -> Job | None:
         """The job of a payload, or ``None`` (failed at once) when it cannot be read or its reference expired."""
@@ -163,6 +164,7 @@ class EventSink:
             try:
                 await self.queue.add_events(job_id, events)
             except REDIS_DOWN as exc:  # progress is best effort; the final event is the script's
+                raise_if_cancelled()
                 log.warning("job=%s: %d progress event(s) dropped (%s)", job_id, len(events), exc)
 
 
@@ -198,6 +200,7 @@ class RedisRecorder:
                                                    outcome.error, outcome.timings)
                 break
             except REDIS_DOWN as exc:
+                raise_if_cancelled()
                 if time.monotonic() > deadline:  # the reaper will run it again elsewhere
                     log.error("job=%s: Redis unreachable for a lease (%s); its outcome is dropped", job.id, exc)
                     return

@@ -10,7 +10,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.serving.redis.queue import RedisQueue
 
 ROOT = Path(__file__).resolve().parents[4]
 STAND_IN = "tests.engine.serving.redis.standin:fixed_cost"
@@ -28,6 +31,19 @@ async def until(check: Callable[[], Awaitable[Any]], what: str, timeout: float =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+async def running_on(queue: RedisQueue, job_id: str, *, stepped: bool = True) -> str | None:
+    """The worker running the job (once a step event of this attempt is in), else ``None``."""
+    job = await queue.job(job_id) or {}
+    if job.get("status") != "running":
+        return None
+    if stepped:
+        entries = await queue.client.xrange(queue.key("ev", job_id))
+        last = [f.get(b"kind") for _id, f in entries]
+        if b"step" not in last[len(last) - last[::-1].index(b"started"):]:
+            return None
+    return job["worker"]
 
 
 class WorkerProc:

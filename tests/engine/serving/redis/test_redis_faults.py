@@ -12,7 +12,7 @@ from engine.serving.events import EventKind
 from engine.serving.queue import JobStatus, QueueUnavailable
 from engine.serving.redis.queue import LOST_MESSAGE, RedisQueue, connect
 from engine.serving.redis.remote import RedisEngine
-from tests.engine.serving.redis.procs import WorkerProc, until
+from tests.engine.serving.redis.procs import WorkerProc, running_on, until
 from tests.engine.serving.support import Recorder, mkjob
 
 pytestmark = pytest.mark.slow
@@ -46,19 +46,6 @@ async def cluster(redis_server, tmp_path):
         await engine.stop()
     for proc in cluster.workers:
         proc.stop()
-
-
-async def running_on(queue: RedisQueue, job_id: str, *, stepped: bool = True) -> str | None:
-    """The worker running the job (once a step event of this attempt is in), else ``None``."""
-    job = await queue.job(job_id) or {}
-    if job.get("status") != "running":
-        return None
-    if stepped:
-        entries = await queue.client.xrange(queue.key("ev", job_id))
-        last = [f.get(b"kind") for _id, f in entries]
-        if b"step" not in last[len(last) - last[::-1].index(b"started"):]:
-            return None
-    return job["worker"]
 
 
 async def finals(queue: RedisQueue, job_id: str) -> list[bytes]:
