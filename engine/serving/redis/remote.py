@@ -147,20 +147,39 @@ class RedisEngine:
         return position
 
     async def restore(self, jobs: Iterable[Job]) -> list[int]:
-        """Reconcile the bot's resumable rows with Redis (see the module docstring); each job's position."""
+        """Reconcile the bot's resumable rows with Redis (see the module docstring); each job's position. With
+        Redis down the bot still starts: the reconciliation is retried until Redis answers."""
         jobs = list(jobs)
-        for job in sorted(jobs, key=lambda j: j.created_at):
-            if job.id in self._jobs and self._jobs[job.id].live:
-                continue
+        fresh = [j for j in sorted(jobs, key=lambda j: j.created_at)
+                 if not (j.id in self._jobs and self._jobs[j.id].live)]
+        for job in fresh:  # followed at once (wait/subscribe answer), whatever Redis says
+            self._follow(job, persisted=True)
+        try:
+            await self._reconcile(fresh)
+            etas = await self._guard(self._etas())
+        except QueueUnavailable:
+            log.warning("restart: the queue is unreachable; %d job(s) will be reconciled when it returns", len(jobs))
+            self._spawn(self._reconcile_later(fresh))
+            return [0] * len(jobs)
+        return [etas.get(job.id, (0, 0.0))[0] for job in jobs]
+
+    async def _reconcile(self, jobs: list[Job]) -> None:
+        for job in jobs:
             known = await self._guard(self.queue.job(job.id))
-            if known is None:
+            if known is None:  # Redis lost it (or never had it): the bot's row is the truth
                 await self._guard(self.queue.put_references(await asyncio.to_thread(wire.references_of, job)))
                 await self._guard(self.queue.enqueue(job.id, job.owner_id, wire.job_payload(job),
                                                      hint=wire.cost_hint(job), priority=job.priority,
                                                      check_caps=False))
-            self._follow(job, persisted=True)
-        etas = await self._guard(self._etas())
-        return [etas.get(job.id, (0, 0.0))[0] for job in jobs]
+
+    async def _reconcile_later(self, jobs: list[Job]) -> None:
+        while True:
+            await asyncio.sleep(1.0)  # retry pacing through an outage
+            try:
+                await self._reconcile(jobs)
+                return
+            except QueueUnavailable:
+                continue
 
     def _follow(self, job: Job, *, persisted: bool | None) -> Followed:
         loop = asyncio.get_running_loop()

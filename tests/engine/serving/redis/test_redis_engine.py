@@ -106,3 +106,13 @@ async def test_status_lists_the_workers_and_the_queue(fleet):
     assert sorted(w.name for w in status.workers) == ["w0", "w1"]
     assert all(w.loaded.get("dit") for w in status.workers)
     assert status.queue_depth == 0
+
+
+async def test_a_restart_during_an_outage_reconciles_once_redis_returns(fleet, redis_server):
+    engine, recorder, _pipes = await fleet(1)
+    job = mkjob("A1")
+    redis_server.stop()
+    assert await engine.restore([job]) == [0]  # the bot starts anyway
+    redis_server.start()
+    outcome = await asyncio.wait_for(engine.wait(job.id), 60)
+    assert outcome.status is JobStatus.DONE and [c for c in recorder.calls if c[0] == "done"] == [("done", "A1")]
