@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 import pytest_asyncio
 
-from tests.e2e.botproc import BotProcess, child_env, job_id_of, tiny_settings, wait_result
+from tests.e2e.botproc import BotProcess, child_env, ephemeral_texts, job_id_of, tiny_settings, wait_result
 from tests.e2e.conftest import Space
 from tests.engine.serving.redis.procs import WorkerProc
 from tests.redisserver import RedisServer
@@ -17,8 +18,14 @@ from tests.redisserver import RedisServer
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(420)]
 
 
+@dataclass
+class Fleet:
+    bot: BotProcess
+    server: RedisServer
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def redis_fleet(fake, admin, tiny_models, tmp_path_factory) -> AsyncIterator[BotProcess]:
+async def redis_fleet(fake, admin, tiny_models, tmp_path_factory) -> AsyncIterator[Fleet]:
     """A redis-server, two workers (w1, w2) and a bot with ZVL_REDIS_URL; the bot must exit 0 on SIGTERM."""
     folder = tmp_path_factory.mktemp("rq")
     server = RedisServer(folder / "redis").start()
@@ -29,7 +36,7 @@ async def redis_fleet(fake, admin, tiny_models, tmp_path_factory) -> AsyncIterat
     try:
         await asyncio.gather(*(w.ready() for w in workers))
         await proc.start()
-        yield proc
+        yield Fleet(proc, server)
     finally:
         rc = await proc.stop()
         for worker in workers:
@@ -45,7 +52,7 @@ async def rspace(fake, redis_fleet, admin, request) -> Space:
     guild = fake.add_guild(f"rq {request.node.name}"[:90])
     fake.add_member(guild.id, admin.id)
     await fake.announce_guild(guild.id)
-    return Space(fake, redis_fleet, guild, admin)
+    return Space(fake, redis_fleet.bot, guild, admin)
 
 
 async def test_several_users_are_served_by_two_workers(rspace) -> None:
@@ -66,3 +73,16 @@ async def test_admin_status_lists_both_workers(rspace) -> None:
     assert "**w1**" in fields["GPU workers"] and "**w2**" in fields["GPU workers"]
     assert fields["Queue"].startswith("0 queued")
 
+
+
+async def test_redis_down_is_one_clear_line_then_the_bot_recovers(rspace, redis_fleet) -> None:
+    user = rspace.member("eve")
+    redis_fleet.server.stop()
+    try:
+        rec = await rspace.stylize(user, prompt="a harbour at night")
+        await rec.wait_until(lambda r: bool(ephemeral_texts(r)), timeout=60)
+        assert ephemeral_texts(rec) == ["The queue is unavailable, try again shortly"]
+    finally:
+        redis_fleet.server.start()
+    again = await rspace.stylize(user, prompt="a harbour at night")
+    assert await wait_result(again, timeout=300) is not None
