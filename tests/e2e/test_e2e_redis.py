@@ -86,3 +86,34 @@ async def test_redis_down_is_one_clear_line_then_the_bot_recovers(rspace, redis_
         redis_fleet.server.start()
     again = await rspace.stylize(user, prompt="a harbour at night")
     assert await wait_result(again, timeout=300) is not None
+
+
+async def test_jobs_finished_while_the_bot_was_down_are_delivered_after_its_restart(rspace, redis_fleet) -> None:
+    """The workers keep serving while the bot is away; its restart reconciles the rows with Redis and delivers each
+    outcome once, into the same status message."""
+    from engine.serving.redis.queue import RedisQueue, connect
+
+    fake, bot = rspace.fake, rspace.bot
+    alice, bob = rspace.member("alice"), rspace.member("bob")
+    await rspace.pause()  # every worker: the jobs wait in Redis
+    recs = [await rspace.stylize(alice, prompt="before the restart"), await rspace.stylize(bob, prompt="also")]
+    for rec in recs:
+        await rec.wait_until(lambda r: len(r.edits) >= 1, timeout=30)
+    ids = [job_id_of(rec) for rec in recs]
+    assert await bot.stop() == 0
+    queue = RedisQueue(connect(redis_fleet.server.url))
+    try:
+        await queue.publish("ctl:all", {"op": "resume"})
+        for job_id in ids:
+            while ((await queue.job(job_id)) or {}).get("status") != "done":
+                await asyncio.sleep(0.05)  # polling the condition (bounded by the test timeout)
+    finally:
+        await queue.aclose()
+    await bot.start()
+    for job_id, rec in zip(ids, recs):
+        await wait_result(rec, timeout=120)
+        message = fake.message(rec.original_message_id)  # the result replaced the same status message
+        assert message["attachments"] and message["embeds"][0]["footer"]["text"] == f"job {job_id}"
+        assert sum(1 for r in rec.accepted if r.files) == 1, "delivered more than once"
+    rows = {r["id"]: r for r in bot.jobs("guild_id = ?", (rspace.guild.id,))}
+    assert [rows[i]["status"] for i in ids] == ["done", "done"]
