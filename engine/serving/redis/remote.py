@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,8 +57,10 @@ class RedisEngine:
     """See the module docstring."""
 
     def __init__(self, queue: RedisQueue, *, recorder: JobRecorder | None = None, lease_s: float = 30.0,
-                 max_attempts: int = 2, block_ms: int = 500) -> None:
+                 max_attempts: int = 2, block_ms: int = 500, keep_outcomes: int = 256) -> None:
         self.queue, self.lease_s, self.max_attempts, self.block_ms = queue, lease_s, max_attempts, block_ms
+        self.keep_outcomes = keep_outcomes
+        self._finished: OrderedDict[str, None] = OrderedDict()
         self.recorder = recorder or NullRecorder()
         self._records = LoggedRecorder(self.recorder)
         self._jobs: dict[str, Followed] = {}
@@ -258,9 +261,9 @@ class RedisEngine:
                 await asyncio.sleep(1.0)  # reconnect pacing through an outage
                 continue
             for stream, entries in got or []:
-                job_id = stream.decode()[len(self.queue.key("ev")) + 1:]
-                for entry_id, fields in entries:
-                    await self._dispatch(self._jobs[job_id], entry_id.decode(), fields)
+                followed = self._jobs.get(stream.decode()[len(self.queue.key("ev")) + 1:])
+                for entry_id, fields in entries if followed is not None else []:
+                    await self._dispatch(followed, entry_id.decode(), fields)
 
     async def _dispatch(self, followed: Followed, entry_id: str, fields: dict[bytes, bytes]) -> None:
         followed.last_id = entry_id
@@ -273,7 +276,7 @@ class RedisEngine:
             followed.running, followed.position = True, 0
             await self._records.on_started(followed.job)
         elif event.kind is EventKind.QUEUED and fields.get(b"requeued"):
-            followed.running = False
+            followed.running, followed.position = False, event.position
             self.counters["interrupted"] += 1
             await self._records.on_interrupted(followed.job)
         if event.final:
@@ -284,6 +287,14 @@ class RedisEngine:
         if event.final:
             followed.waiter.set_result(outcome)
             followed.subscriptions.clear()
+            self._forget_old(followed.job.id)
+
+    def _forget_old(self, job_id: str) -> None:
+        """Keep the last ``keep_outcomes`` finished jobs answerable (``wait``/``subscribe``), as in-process."""
+        self._finished[job_id] = None
+        while len(self._finished) > self.keep_outcomes:
+            old, _ = self._finished.popitem(last=False)
+            self._jobs.pop(old, None)
 
     def _emit(self, followed: Followed, event: ProgressEvent) -> None:
         followed.history.append(event)
@@ -312,23 +323,31 @@ class RedisEngine:
                 raise_if_cancelled()
 
     async def _position_loop(self) -> None:
-        """Follow ``changed`` nudges (debounced) and publish ``position`` events of followed queued jobs."""
+        """Follow ``changed`` nudges (debounced; every 5 s without one, too: a nudge can be lost) and publish
+        ``position`` events of followed queued jobs."""
         while True:
             try:
-                async with self.queue.client.pubsub() as pubsub:
+                async with self.queue.client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.queue.key("changed"))
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
+                    while True:
+                        if await pubsub.get_message(timeout=5.0) is not None:  # else: heal a lost nudge
                             await asyncio.sleep(0.3)  # debounce: one update for a burst of nudges
-                            await self._publish_positions()
+                        while await pubsub.get_message(timeout=0.0) is not None:
+                            pass  # the rest of the burst
+                        await self._publish_positions()
             except REDIS_DOWN:
                 raise_if_cancelled()
                 await asyncio.sleep(1.0)  # reconnect pacing through an outage
 
     async def _publish_positions(self) -> None:
+        # only jobs whose stream was read: their queued event comes first, as in-process
+        waiting = [f for f in self._jobs.values() if f.live and not f.running and f.history]
+        if not waiting:
+            return
         etas = await self._etas()
-        for job_id, followed in self._jobs.items():
-            pos = etas.get(job_id)
-            if followed.live and not followed.running and pos and pos[0] > 0 and pos[0] != followed.position:
+        for followed in waiting:
+            pos = etas.get(followed.job.id)
+            if pos and pos[0] > 0 and pos[0] != followed.position:
                 followed.position = pos[0]
-                self._emit(followed, ProgressEvent(job_id, EventKind.POSITION, position=pos[0], eta_s=pos[1]))
+                self._emit(followed, ProgressEvent(followed.job.id, EventKind.POSITION, position=pos[0],
+                                                   eta_s=pos[1]))

@@ -136,6 +136,10 @@ class EventSink:
             self._last_step[event.job_id] = now
         self._pending.put_nowait((event.job_id, wire.event_fields(event)))
 
+    def forget(self, job_id: str) -> None:
+        """The job is over here: drop its step clock."""
+        self._last_step.pop(job_id, None)
+
     async def flush(self) -> None:
         """Until every event emitted so far is written (or dropped for an outage)."""
         done = asyncio.get_running_loop().create_future()
@@ -190,6 +194,7 @@ class RedisRecorder:
             log.warning("job=%s: its lease was lost; this outcome (%s) is dropped", job.id, outcome.status)
             return
         await self.sink.flush()
+        self.sink.forget(job.id)
         blobs = await asyncio.to_thread(wire.result_blobs, outcome.results) if outcome.results else None
         deadline = time.monotonic() + self.lease_s
         while True:

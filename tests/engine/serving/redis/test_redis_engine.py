@@ -116,3 +116,23 @@ async def test_a_restart_during_an_outage_reconciles_once_redis_returns(fleet, r
     redis_server.start()
     outcome = await asyncio.wait_for(engine.wait(job.id), 60)
     assert outcome.status is JobStatus.DONE and [c for c in recorder.calls if c[0] == "done"] == [("done", "A1")]
+
+
+async def test_positions_follow_the_global_line(fleet):
+    engine, _recorder, _pipes = await fleet(0)  # no worker: the line moves by arrivals and cancels only
+    await engine.submit(mkjob("A1"))
+    assert await engine.submit(mkjob("A2")) == 2
+    sub = engine.subscribe("A2")
+    await engine.submit(mkjob("B1"))  # B1 takes the second turn: A2 moves back
+    assert [(await engine.position(j))[0] for j in ("A1", "B1", "A2")] == [1, 2, 3]
+
+    async def next_position() -> int:
+        while True:
+            event = await asyncio.wait_for(sub.__anext__(), 30)
+            if event.kind is EventKind.POSITION:
+                return event.position
+
+    assert await next_position() == 3
+    assert await engine.cancel("A1")
+    assert await next_position() == 2
+    assert [j.id for j, _pos, _eta in await engine.jobs_for(1)] == ["A2"]
