@@ -234,7 +234,8 @@ class RedisEngine:
         running = [RunningJob(j["id"], self._owner(j["id"]), self._kind(j["id"]), j["stage"], j["step"], j["total"],
                               0, 0, 0.0) for w in workers for j in w.jobs]
         errors = "; ".join(f"{w.name}: {w.model_error}" for w in workers if w.model_error) or None
-        return WorkerStatus(bool(self._tasks), self._paused, False, False, running, depth, {}, errors, {}, [],
+        loaded = {component: device for w in workers for component, device in w.loaded.items()}  # on the workers
+        return WorkerStatus(bool(self._tasks), self._paused, False, False, running, depth, loaded, errors, {}, [],
                             dict(self.counters), workers=workers)
 
     def _owner(self, job_id: str) -> int:
