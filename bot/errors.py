@@ -8,7 +8,8 @@ logs unexpected errors with an error id the user is given.
 The ladder, first match wins (errors wrapped in ``CommandInvokeError`` / ``TransformerError`` are unwrapped first):
 
 1. :class:`ZvlError` and its subclasses: their own message (the class docstring's first line by default).
-2. Engine and store errors whose text is written for users: ``QueueFull``, ``ReferenceImageError``,
+2. Engine and store errors whose text is written for users: ``QueueFull``, ``QueueUnavailable`` (the shared
+   queue's Redis is down), ``ReferenceImageError``,
    ``InvalidPresetName``, ``PresetExistsError``, ``PermissionError`` from the worker's cancel.
 3. ``CommandOnCooldown``: how long to wait.
 4. ``MissingPermissions`` / ``BotMissingPermissions`` / ``NoPrivateMessage`` / other ``CheckFailure``.
@@ -29,7 +30,7 @@ from discord import app_commands
 
 from bot.store import InvalidPresetName, PresetExistsError
 from engine.media.images import ReferenceImageError
-from engine.serving.queue import QueueFull
+from engine.serving.queue import QueueFull, QueueUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,8 @@ def user_message(error: BaseException) -> str | None:
     error = _unwrap(error)
     if isinstance(error, ZvlError):
         return str(error)
-    if isinstance(error, (QueueFull, ReferenceImageError, InvalidPresetName, PresetExistsError, PermissionError)):
+    if isinstance(error, (QueueFull, QueueUnavailable, ReferenceImageError, InvalidPresetName, PresetExistsError,
+                          PermissionError)):
         text = str(error)
         return text[:1].upper() + text[1:]
     if isinstance(error, app_commands.CommandOnCooldown):

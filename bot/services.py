@@ -54,6 +54,18 @@ def default_pipeline_factory(settings: BotSettings) -> PipelineFactory:
     return build
 
 
+def build_engine(settings: BotSettings, cache: EmbeddingCache | TieredCache, recorder: SqliteRecorder,
+                 pipeline_factory: PipelineFactory | None) -> JobEngine:
+    """The in-process worker (models in this process), or with ``redis_url`` the client of the shared queue whose
+    GPU workers run elsewhere (``python -m engine serve``; this process then loads no models)."""
+    if settings.redis_url:
+        from engine.serving.redis.remote import RedisEngine  # imports redis: only with a shared queue
+
+        return RedisEngine.from_settings(settings, recorder=recorder)
+    return EngineWorker(config=WorkerConfig.from_settings(settings), cache=cache, recorder=recorder,
+                        pipeline_factory=pipeline_factory or default_pipeline_factory(settings))
+
+
 @dataclass
 class Services:
     """Everything the cogs and buttons reach; see the module docstring for the lifecycle."""
@@ -61,7 +73,7 @@ class Services:
     settings: BotSettings
     store: Store
     cache: EmbeddingCache | TieredCache  #: under the shared Redis tier when ZVL_CACHE_REDIS_URL is set
-    worker: JobEngine  #: the in-process EngineWorker; the bot uses nothing beyond the protocol
+    worker: JobEngine  #: the in-process EngineWorker or the shared queue's RedisEngine (build_engine)
     references: ReferenceStore
     notifier: Notifier
     jobs: JobService
@@ -89,9 +101,7 @@ class Services:
             cache = build_embedding_store(settings, EmbeddingCache(settings.cache_dir, store.cache_index,
                                                                    settings.cache_max_bytes))
             await cache.recover()
-            worker = EngineWorker(config=WorkerConfig.from_settings(settings), cache=cache,
-                                  recorder=SqliteRecorder(settings, store),
-                                  pipeline_factory=pipeline_factory or default_pipeline_factory(settings))
+            worker = build_engine(settings, cache, SqliteRecorder(settings, store), pipeline_factory)
             notifier = Notifier(bot, worker, render_result, interval=progress_interval)
             references = ReferenceStore.from_settings(settings)
             cooldowns = Cooldowns(settings.cooldown_s)

@@ -14,7 +14,7 @@ from discord.ext import commands
 from bot.checks import is_bot_admin
 from bot.errors import AdminOnly, UserError
 from bot.services import services_of
-from bot.ui.embeds import info_embed, job_line
+from bot.ui.embeds import info_embed, job_line, worker_lines
 
 
 def _size(n: float) -> str:
@@ -130,6 +130,8 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot admini
             "Uptime": f"{status['uptime_s'] / 3600:.1f} h",
             "Event-loop lag": "p50 {p50_ms:g} ms, p99 {p99_ms:g} ms, max {max_ms:g} ms".format(**status["loop_lag"]),
         }
+        if worker.workers:  # the shared queue: its GPU worker processes
+            fields["GPU workers"] = worker_lines(worker.workers)
         await interaction.response.send_message(embed=info_embed("zvl-bot status", fields), ephemeral=True)
 
     @app_commands.command(name="sync", description="Sync the slash commands with Discord now")

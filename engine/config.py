@@ -198,6 +198,11 @@ class EngineSettings(BaseSettings):
                                                     "unix://); unset = the in-process queue and worker")
     cache_redis_url: str | None = Field(None, description="Redis of the shared embedding-cache tier (allkeys-lru); "
                                                           "unset = each worker's local cache only")
+    redis_namespace: str = Field("q", pattern=r"^[A-Za-z0-9_-]{1,32}$",
+                                 description="key namespace in the queue Redis (several fleets on one server)")
+    redis_lease_s: float = Field(30.0, gt=0, le=3600, description="a worker silent this long loses its jobs "
+                                                                   "(heartbeats every lease/6)")
+    redis_max_attempts: int = Field(2, ge=1, le=10, description="a job whose worker was lost this many times fails")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

@@ -256,3 +256,14 @@ def modes_embed(mode: str | None = None) -> discord.Embed:
 def params_json(data: Any) -> bytes:
     """Readable JSON bytes for a ``params.json`` / ``cells.json`` attachment."""
     return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str).encode()
+
+
+def worker_lines(workers: Iterable[Any]) -> str:
+    """One line per GPU worker of the shared queue (``/admin status``): name, device, models, jobs, last heartbeat."""
+    lines = []
+    for w in workers:
+        state = " (draining)" if w.draining else " (paused)" if w.paused else ""
+        models = ", ".join(sorted(w.loaded)) or "none"
+        jobs = ", ".join(f"`{j['id'][:8]}` {j['stage']}" for j in w.jobs) or "idle"
+        lines.append(f"**{w.name}**{state} · {w.device or '?'} · {models} · {jobs} · {w.last_beat_s:g} s ago")
+    return "\n".join(lines)[:1024]

@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(sub)
     _add_describe(sub)
     _add_score(sub)
+    _add_serve(sub)
     return parser
 
 
@@ -77,6 +78,16 @@ def _add_describe(sub) -> None:
     de.add_argument("--max-new-tokens", type=int, default=48, help="tokens per suggestion (48)")
     de.add_argument("--max-time", type=float, default=60.0, help="stop generating after this many seconds (60)")
     _add_model_args(de)
+
+
+def _add_serve(sub) -> None:
+    sv = sub.add_parser("serve", help="one GPU worker of the shared Redis queue (several GPUs, one bot)",
+                        description="Load the models, then serve jobs from the shared queue until SIGTERM or a "
+                                    "drain command.", epilog=EPILOG)
+    sv.add_argument("--redis-url", metavar="URL", help="the queue's Redis (ZVL_REDIS_URL)")
+    sv.add_argument("--name", help="this worker's name in /admin status (default: HOST-PID)")
+    sv.add_argument("--pipeline", metavar="MODULE:CALLABLE", help="a stand-in pipeline (benchmarks, tests)")
+    _add_model_args(sv)
 
 
 def _add_make_tiny(sub) -> None:

@@ -222,3 +222,4 @@ class WorkerStatus:
     estimates: dict[str, Any]
     recent: list[dict[str, Any]]  #: the last 20 jobs' status and timings
     counters: dict[str, int] = field(default_factory=dict)
+    workers: list[Any] = field(default_factory=list)  #: the GPU worker processes (shared queue only)

@@ -99,6 +99,25 @@ class QueueFull(Exception):
         self.scope = scope
         self.limit = limit
 
+    @classmethod
+    def user(cls, mine: int, limit: int) -> QueueFull:
+        """The per-user cap (``mine`` active jobs) is reached."""
+        return cls(f"you already have {mine} job{'s' if mine != 1 else ''} queued or running (the limit is "
+                   f"{limit}); wait for one to finish or cancel one", scope="user", limit=limit)
+
+    @classmethod
+    def total(cls, limit: int) -> QueueFull:
+        """The global cap is reached."""
+        return cls(f"the queue is full ({limit} jobs); please try again in a few minutes", scope="total",
+                   limit=limit)
+
+
+class QueueUnavailable(Exception):
+    """The shared queue (Redis) cannot be reached. ``str()`` is fit to show the user."""
+
+    def __init__(self, message: str = "the queue is unavailable, try again shortly") -> None:
+        super().__init__(message)
+
 
 @runtime_checkable
 class JobQueue(Protocol):
@@ -180,13 +199,9 @@ class FairQueue:
     def _check_caps(self, job: Job) -> None:
         mine = self.active_count(job.owner_id)
         if mine >= self.max_per_user:
-            n = self.max_per_user
-            raise QueueFull(
-                f"you already have {mine} job{'s' if mine != 1 else ''} queued or running (the limit is {n}); "
-                "wait for one to finish or cancel one", scope="user", limit=n)
+            raise QueueFull.user(mine, self.max_per_user)
         if len(self._active) >= self.max_total:
-            raise QueueFull(f"the queue is full ({self.max_total} jobs); please try again in a few minutes",
-                            scope="total", limit=self.max_total)
+            raise QueueFull.total(self.max_total)
 
     def _tag(self, job: Job, front: bool) -> tuple[int, int, int]:
         prio = job.priority
