@@ -1,7 +1,7 @@
 """Jobs, references, progress events and results as Redis values (the one home of each encoding).
 
-A job travels as JSON (its requests' records, each reference by the sha256 of its PNG; ``Job.context`` never leaves
-the bot: it holds interaction tokens). References travel once per content under ``ref:<sha>``; PNG is lossless, so
+A job travels as JSON (its requests' records, each image — reference, further references, negative — by the
+sha256 of its PNG; ``Job.context`` never leaves the bot: it holds interaction tokens). Images travel once per content under ``ref:<sha>``; PNG is lossless, so
 the worker sees exactly the bot's pixels and computes the same cache keys. Results come back as PNG bytes plus one
 JSON record, written by the worker under ``res:<id>:<sid>`` before its fenced finish.
 """
@@ -39,36 +39,68 @@ def image_of(data: bytes) -> Image.Image:
         return img.convert("RGB")
 
 
-def references_of(job: Job) -> dict[str, bytes]:
-    """``{sha256: png}`` of the job's distinct references (by object, as the worker's identities are)."""
-    out: dict[str, bytes] = {}
+def _encoded(job: Job) -> dict[int, tuple[str, bytes]]:
+    """``{id(image): (sha256, png)}`` of every distinct image object in the job's requests: the reference, the
+    further references and the negative one (each image field of ``StylizeRequest``), each encoded once."""
+    out: dict[int, tuple[str, bytes]] = {}
     for request in job.requests:
-        if request.reference is not None:
-            data = png_bytes(request.reference)
-            out[hashlib.sha256(data).hexdigest()] = data
+        for image in (request.reference, *request.references, request.negative_reference):
+            if image is not None and id(image) not in out:
+                data = png_bytes(image)
+                out[id(image)] = (hashlib.sha256(data).hexdigest(), data)
     return out
 
 
+def references_of(job: Job) -> dict[str, bytes]:
+    """``{sha256: png}`` of the job's distinct images (by object, as the worker's identities are)."""
+    return dict(_encoded(job).values())
+
+
+def _request_refs(request: StylizeRequest, encoded: dict[int, tuple[str, bytes]]) -> dict[str, Any]:
+    def sha(image: Image.Image | None) -> str | None:
+        return None if image is None else encoded[id(image)][0]
+
+    return {"reference": sha(request.reference), "references": [sha(image) for image in request.references],
+            "negative_reference": sha(request.negative_reference)}
+
+
+def _refs_entry(entry: Any) -> dict[str, Any]:
+    """One request's image shas; a bare sha (or ``None``) is a payload queued before several references."""
+    return entry if isinstance(entry, dict) else {"reference": entry}
+
+
+def _shas(entry: Any) -> list[str]:
+    refs = _refs_entry(entry)
+    return [sha for sha in (refs.get("reference"), *refs.get("references", ()), refs.get("negative_reference"))
+            if sha]
+
+
 def job_payload(job: Job) -> bytes:
-    """The job as JSON for the worker: requests by record, references by sha."""
-    shas = [None if r.reference is None else hashlib.sha256(png_bytes(r.reference)).hexdigest() for r in job.requests]
+    """The job as JSON for the worker: requests by record, each image field by sha."""
+    encoded = _encoded(job)
     return json.dumps({"id": job.id, "owner_id": job.owner_id, "guild_id": job.guild_id, "kind": job.kind,
                        "created_at": job.created_at, "priority": job.priority,
-                       "requests": [r.record() for r in job.requests], "refs": shas}).encode()
+                       "requests": [r.record() for r in job.requests],
+                       "refs": [_request_refs(r, encoded) for r in job.requests]}).encode()
 
 
 def payload_refs(payload: bytes) -> list[str]:
-    """The reference shas a payload needs."""
-    return sorted({sha for sha in json.loads(payload)["refs"] if sha})
+    """The image shas a payload needs."""
+    return sorted({sha for entry in json.loads(payload)["refs"] for sha in _shas(entry)})
 
 
 def job_of(payload: bytes, references: dict[str, bytes]) -> Job:
     """The :class:`Job` of a payload; ``references`` maps sha -> PNG (``KeyError`` when one is missing). Requests
-    sharing a reference share one image object, as they did in the bot."""
+    sharing an image share one image object, as they did in the bot."""
     data = json.loads(payload)
-    images = {sha: image_of(references[sha]) for sha in {s for s in data["refs"] if s}}
-    requests = [StylizeRequest.from_record(rec, images[sha] if sha else None)
-                for rec, sha in zip(data["requests"], data["refs"], strict=True)]
+    images = {sha: image_of(references[sha]) for sha in {s for entry in data["refs"] for s in _shas(entry)}}
+    requests = []
+    for record, entry in zip(data["requests"], data["refs"], strict=True):
+        refs = _refs_entry(entry)
+        reference, negative = refs.get("reference"), refs.get("negative_reference")
+        requests.append(StylizeRequest.from_record(
+            record, images[reference] if reference else None, tuple(images[s] for s in refs.get("references", ())),
+            images[negative] if negative else None))
     return Job(owner_id=int(data["owner_id"]), requests=requests, guild_id=data["guild_id"], kind=data["kind"],
                id=data["id"], created_at=float(data["created_at"]), priority=int(data["priority"]))
 
