@@ -10,7 +10,17 @@ from dataclasses import dataclass
 import pytest
 import pytest_asyncio
 
-from tests.e2e.botproc import BotProcess, child_env, ephemeral_texts, job_id_of, tiny_settings, wait_result
+from engine.media.images import read_png_metadata
+from tests.e2e.botproc import (
+    BotProcess,
+    child_env,
+    ephemeral_texts,
+    job_id_of,
+    png_bytes,
+    result_file,
+    tiny_settings,
+    wait_result,
+)
 from tests.e2e.conftest import Space
 from tests.engine.serving.redis.procs import WorkerProc
 from tests.redisserver import RedisServer
@@ -73,6 +83,19 @@ async def test_admin_status_lists_both_workers(rspace) -> None:
     assert "**w1**" in fields["GPU workers"] and "**w2**" in fields["GPU workers"]
     assert fields["Queue"].startswith("0 queued")
 
+
+async def test_several_references_and_a_negative_reach_the_workers(rspace) -> None:
+    """Every image of the request crosses Redis: the worker blends both references at 2:1 and uses the negative."""
+    user = rspace.member("fay")
+    rec = await rspace.slash("stylize", {"image": rspace.ref(png_bytes((64, 48), (220, 30, 30))),
+                                         "image2": rspace.ref(png_bytes((48, 64), (20, 40, 230)), "b.png"),
+                                         "negative_image": rspace.ref(png_bytes((32, 32), (30, 200, 40)), "n.png"),
+                                         "weights": "2,1", "prompt": "two styles", "seed": 3}, user)
+    await wait_result(rec, timeout=300)
+    params = read_png_metadata(result_file(rec).data)["params"]
+    assert [r["size"] for r in params["reference_set"]] == [[64, 48], [48, 64]]
+    assert [r["weight"] for r in params["reference_set"]] == pytest.approx([2 / 3, 1 / 3], abs=1e-6)
+    assert params["negative"]["size"] == [32, 32] and params["guidance_scale"] == 2.0
 
 
 async def test_redis_down_is_one_clear_line_then_the_bot_recovers(rspace, redis_fleet) -> None:

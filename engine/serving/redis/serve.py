@@ -74,9 +74,35 @@ async def stop_serving(worker: EngineWorker, member: FleetMember, sink: EventSin
         await member.queue.aclose()
 
 
+async def open_worker_cache(settings: Any, name: str) -> Any:
+    """The worker's embedding cache: a local one under ``cache_dir/workers/<name>`` (a root of its own per worker
+    name, so two workers on one machine never share files; a restart under the same name keeps its entries), under
+    the shared Redis tier when ``cache_redis_url`` is set (``engine.cache.shared.build_embedding_store``)."""
+    from engine.cache.shared import build_embedding_store
+    from engine.cache.store import EmbeddingCache, MemoryCacheIndex
+
+    local = EmbeddingCache(settings.cache_dir / "workers" / name, MemoryCacheIndex(), settings.cache_max_bytes)
+    store = build_embedding_store(settings, local)
+    await store.recover(adopt_orphans=True)
+    return store
+
+
 async def serve(settings: Any, name: str, factory: Callable[[], PipelineLike], *, cache: Any = None,
                 on_ready: Callable[[], None] | None = None) -> None:
-    """Serve until SIGTERM/SIGINT or a drain command (see the module docstring). Raises :class:`ServeError`."""
+    """Serve until SIGTERM/SIGINT or a drain command (see the module docstring). Raises :class:`ServeError`.
+    ``cache``: the embedding store to use (default :func:`open_worker_cache`'s, closed at the end)."""
+    own_cache = cache is None
+    if own_cache:
+        cache = await open_worker_cache(settings, name)
+    try:
+        await _serve(settings, name, factory, cache, on_ready)
+    finally:
+        if own_cache:
+            await cache.aclose()
+
+
+async def _serve(settings: Any, name: str, factory: Callable[[], PipelineLike], cache: Any,
+                 on_ready: Callable[[], None] | None) -> None:
     worker, member, sink, _recorder = build(settings, name, factory, cache=cache)
     try:
         await member.queue.client.ping()
