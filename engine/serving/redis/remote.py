@@ -231,20 +231,13 @@ class RedisEngine:
             workers, depth = await fleet.live_workers(self.queue), await self.queue.depth()
         except REDIS_DOWN:
             workers, depth = [], 0
-        running = [RunningJob(j["id"], self._owner(j["id"]), self._kind(j["id"]), j["stage"], j["step"], j["total"],
-                              0, 0, 0.0) for w in workers for j in w.jobs]
+        known = {job_id: f.job for job_id, f in self._jobs.items()}  # jobs of other bot processes: owner 0, kind ?
+        running = [RunningJob(j["id"], getattr(known.get(j["id"]), "owner_id", 0), getattr(known.get(j["id"]), "kind",
+                              "?"), j["stage"], j["step"], j["total"], 0, 0, 0.0) for w in workers for j in w.jobs]
         errors = "; ".join(f"{w.name}: {w.model_error}" for w in workers if w.model_error) or None
         loaded = {component: device for w in workers for component, device in w.loaded.items()}  # on the workers
         return WorkerStatus(bool(self._tasks), self._paused, False, False, running, depth, loaded, errors, {}, [],
                             dict(self.counters), workers=workers)
-
-    def _owner(self, job_id: str) -> int:
-        followed = self._jobs.get(job_id)
-        return followed.job.owner_id if followed else 0
-
-    def _kind(self, job_id: str) -> str:
-        followed = self._jobs.get(job_id)
-        return followed.job.kind if followed else "?"
 
     # --- following the streams ------------------------------------------------------------------------------------
     async def _read_loop(self) -> None:
@@ -263,16 +256,26 @@ class RedisEngine:
                 continue
             for stream, entries in got or []:
                 followed = self._jobs.get(stream.decode()[len(self.queue.key("ev")) + 1:])
-                for entry_id, fields in entries if followed is not None else []:
-                    await self._dispatch(followed, entry_id.decode(), fields)
+                if followed is not None:
+                    await self._dispatch_all(followed, entries)
 
-    async def _dispatch(self, followed: Followed, entry_id: str, fields: dict[bytes, bytes]) -> None:
-        followed.last_id = entry_id
-        if not followed.live:
-            return
+    async def _dispatch_all(self, followed: Followed, entries: list[Any]) -> None:
+        """Apply a job's new entries in order; an outage leaves the rest to be read again (the recorder's checked
+        transitions absorb a repeat), a bad entry is logged and skipped."""
+        for entry_id, fields in entries:
+            try:
+                if followed.live and await followed.persisted:
+                    await self._dispatch(followed, fields)
+            except REDIS_DOWN as exc:
+                raise_if_cancelled()
+                log.warning("job=%s: applying its events paused: %s", followed.job.id, exc)
+                return
+            except Exception:
+                log.exception("job=%s: event %s could not be applied; skipped", followed.job.id, entry_id)
+            followed.last_id = entry_id.decode()
+
+    async def _dispatch(self, followed: Followed, fields: dict[bytes, bytes]) -> None:
         event = wire.event_of(followed.job.id, fields)
-        if not await followed.persisted:
-            return
         if event.kind is EventKind.STARTED:
             followed.running, followed.position = True, 0
             await self._records.on_started(followed.job)
@@ -281,7 +284,7 @@ class RedisEngine:
             self.counters["interrupted"] += 1
             await self._records.on_interrupted(followed.job)
         if event.final:
-            outcome = await self._outcome(followed.job, event, fields.get(b"sid", b"").decode())
+            outcome = await outcome_of(self.queue, followed.job, event, fields.get(b"sid", b"").decode())
             await asyncio.shield(self._records.on_finished(followed.job, outcome))
             self.counters[outcome.status.value] += 1
         self._emit(followed, event)
@@ -301,19 +304,6 @@ class RedisEngine:
         followed.history.append(event)
         for sub in list(followed.subscriptions):
             sub.push(event)
-
-    async def _outcome(self, job: Job, event: ProgressEvent, sid: str) -> JobOutcome:
-        status = JobStatus(event.kind.value)
-        info = await self.queue.job(job.id) or {}
-        timings = wire.json_dict(info.get("timings"))
-        if status is not JobStatus.DONE:
-            return JobOutcome(job.id, status, error=event.message or None, timings=timings)
-        blobs = await self.queue.results(job.id, sid)
-        results = await asyncio.to_thread(wire.results_of, blobs)
-        await self.queue.drop_results(job.id, sid)
-        if not results:
-            return JobOutcome(job.id, JobStatus.FAILED, error="its results expired from the queue", timings=timings)
-        return JobOutcome(job.id, status, results=results, timings=timings)
 
     async def _reap_loop(self) -> None:
         while True:
@@ -352,3 +342,19 @@ class RedisEngine:
                 followed.position = pos[0]
                 self._emit(followed, ProgressEvent(followed.job.id, EventKind.POSITION, position=pos[0],
                                                    eta_s=pos[1]))
+
+
+async def outcome_of(queue: RedisQueue, job: Job, event: ProgressEvent, sid: str) -> JobOutcome:
+    """A final event as the job's outcome: status, error, timings, and for a done job its results (read,
+    then dropped from Redis: the recorder saves them)."""
+    status = JobStatus(event.kind.value)
+    info = await queue.job(job.id) or {}
+    timings = wire.json_dict(info.get("timings"))
+    if status is not JobStatus.DONE:
+        return JobOutcome(job.id, status, error=event.message or None, timings=timings)
+    blobs = await queue.results(job.id, sid)
+    results = await asyncio.to_thread(wire.results_of, blobs)
+    await queue.drop_results(job.id, sid)
+    if not results:
+        return JobOutcome(job.id, JobStatus.FAILED, error="its results expired from the queue", timings=timings)
+    return JobOutcome(job.id, status, results=results, timings=timings)
