@@ -22,6 +22,7 @@ from tests.e2e.botproc import (
     wait_result,
 )
 from tests.e2e.conftest import Space
+from tests.fakediscord import FakeDiscord, FakeUser
 from tests.engine.serving.redis.procs import WorkerProc
 from tests.redisserver import RedisServer
 
@@ -35,14 +36,30 @@ class Fleet:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def redis_fleet(fake, admin, tiny_models, tmp_path_factory) -> AsyncIterator[Fleet]:
+async def rfake() -> AsyncIterator[FakeDiscord]:
+    """The fleet's own fake Discord: a fake serves one bot session at a time, and the package's embedded bot keeps
+    its session on the package's fake (sharing one, the Redis bot would take the embedded bot's interactions)."""
+    async with FakeDiscord(heartbeat_interval_ms=1000) as fake:
+        fake.add_guild("redis home")
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def radmin(rfake: FakeDiscord) -> FakeUser:
+    user = rfake.add_user("redis-admin")
+    rfake.add_member(next(iter(rfake.world.guilds)), user.id)
+    return user
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def redis_fleet(rfake, radmin, tiny_models, tmp_path_factory) -> AsyncIterator[Fleet]:
     """A redis-server, two workers (w1, w2) and a bot with ZVL_REDIS_URL; the bot must exit 0 on SIGTERM."""
     folder = tmp_path_factory.mktemp("rq")
     server = RedisServer(folder / "redis").start()
-    settings = tiny_settings(tiny_models.zimage, tiny_models.qwen3vl, owner_ids=[admin.id], redis_url=server.url)
+    settings = tiny_settings(tiny_models.zimage, tiny_models.qwen3vl, owner_ids=[radmin.id], redis_url=server.url)
     workers = [WorkerProc(server.url, name, folder, pipeline=None,
-                          env=child_env(fake, folder / name, settings)).start() for name in ("w1", "w2")]
-    proc = BotProcess(fake, folder / "bot", settings, name="redis-bot")
+                          env=child_env(rfake, folder / name, settings)).start() for name in ("w1", "w2")]
+    proc = BotProcess(rfake, folder / "bot", settings, name="redis-bot")
     try:
         await asyncio.gather(*(w.ready() for w in workers))
         await proc.start()
@@ -58,11 +75,11 @@ async def redis_fleet(fake, admin, tiny_models, tmp_path_factory) -> AsyncIterat
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def rspace(fake, redis_fleet, admin, request) -> Space:
-    guild = fake.add_guild(f"rq {request.node.name}"[:90])
-    fake.add_member(guild.id, admin.id)
-    await fake.announce_guild(guild.id)
-    return Space(fake, redis_fleet.bot, guild, admin)
+async def rspace(rfake, redis_fleet, radmin, request) -> Space:
+    guild = rfake.add_guild(f"rq {request.node.name}"[:90])
+    rfake.add_member(guild.id, radmin.id)
+    await rfake.announce_guild(guild.id)
+    return Space(rfake, redis_fleet.bot, guild, radmin)
 
 
 async def test_several_users_are_served_by_two_workers(rspace) -> None:

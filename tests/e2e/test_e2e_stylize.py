@@ -90,11 +90,17 @@ async def test_stylize_result_metadata_and_message_order(space) -> None:
     assert row["status"] == "done" and row["message_id"] == rec.original_message_id
 
 
-@pytest.mark.parametrize("data, name, expected, from_metadata", [
-    (b"These are my notes, not a picture.\n" * 20, "notes.png", "not an image Discord could read", True),
-    (png_bytes((3000, 1)), "thin.png", "3000x1 pixels, too thin to read", True),
-    (png_bytes((256, 256), (1, 2, 3))[:300], "broken.png", "corrupt or truncated", False),
-], ids=["text-renamed-png", "3000x1", "corrupt-png"])
+#: Attachments that are not references: (bytes, file name, the refusal's words, refused from Discord's metadata?).
+BAD_ATTACHMENTS = [
+    pytest.param(b"These are my notes, not a picture.\n" * 20, "notes.png", "not an image Discord could read", True,
+                 id="text-renamed-png"),
+    pytest.param(png_bytes((3000, 1)), "thin.png", "3000x1 pixels, too thin to read", True, id="3000x1"),
+    pytest.param(png_bytes((256, 256), (1, 2, 3))[:300], "broken.png", "corrupt or truncated", False,
+                 id="corrupt-png"),
+]
+
+
+@pytest.mark.parametrize("data, name, expected, from_metadata", BAD_ATTACHMENTS)
 async def test_bad_attachment_is_refused_privately_then_the_next_request_works(space, data: bytes, name: str,
                                                                              expected: str,
                                                                              from_metadata: bool) -> None:
