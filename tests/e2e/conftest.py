@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,18 +72,31 @@ def e2e_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("e2e")
 
 
+@asynccontextmanager
+async def fake_discord(home: str) -> AsyncIterator[FakeDiscord]:
+    """A running FakeDiscord with one guild, ``home``. A fake serves one bot session at a time: each bot process
+    that runs beside another needs a fake of its own."""
+    async with FakeDiscord(heartbeat_interval_ms=1000) as fake:
+        fake.add_guild(home)
+        yield fake
+
+
+def home_admin(fake: FakeDiscord, name: str) -> FakeUser:
+    """A user who is a member of the fake's first guild (made the bot's owner by the fixtures)."""
+    user = fake.add_user(name)
+    fake.add_member(next(iter(fake.world.guilds)), user.id)
+    return user
+
+
 @pytest_asyncio.fixture(scope="package", loop_scope="session")
 async def fake() -> AsyncIterator[FakeDiscord]:
-    async with FakeDiscord(heartbeat_interval_ms=1000) as fake:
-        fake.add_guild("e2e home")
+    async with fake_discord("e2e home") as fake:
         yield fake
 
 
 @pytest.fixture(scope="package")
 def admin(fake: FakeDiscord) -> FakeUser:
-    user = fake.add_user("e2e-admin")
-    fake.add_member(next(iter(fake.world.guilds)), user.id)
-    return user
+    return home_admin(fake, "e2e-admin")
 
 
 @pytest_asyncio.fixture(scope="package", loop_scope="session")

@@ -21,7 +21,7 @@ from tests.e2e.botproc import (
     tiny_settings,
     wait_result,
 )
-from tests.e2e.conftest import Space
+from tests.e2e.conftest import Space, fake_discord, home_admin
 from tests.fakediscord import FakeDiscord, FakeUser
 from tests.engine.serving.redis.procs import WorkerProc
 from tests.redisserver import RedisServer
@@ -37,18 +37,14 @@ class Fleet:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def rfake() -> AsyncIterator[FakeDiscord]:
-    """The fleet's own fake Discord: a fake serves one bot session at a time, and the package's embedded bot keeps
-    its session on the package's fake (sharing one, the Redis bot would take the embedded bot's interactions)."""
-    async with FakeDiscord(heartbeat_interval_ms=1000) as fake:
-        fake.add_guild("redis home")
+    """The fleet's own fake Discord: sharing the package's, the Redis bot would take the embedded bot's session."""
+    async with fake_discord("redis home") as fake:
         yield fake
 
 
 @pytest.fixture(scope="module")
 def radmin(rfake: FakeDiscord) -> FakeUser:
-    user = rfake.add_user("redis-admin")
-    rfake.add_member(next(iter(rfake.world.guilds)), user.id)
-    return user
+    return home_admin(rfake, "redis-admin")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
