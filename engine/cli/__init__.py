@@ -26,7 +26,7 @@ from engine.cli._parser import build_parser
 from engine.cli.describe import cmd_describe
 from engine.cli.make_tiny import cmd_make_tiny
 from engine.cli.score import cmd_score
-from engine.cli.serve import cmd_serve
+from engine.cli.serve import cmd_drain, cmd_serve
 from engine.cli.stylize import cmd_stylize
 from engine.cli.sweep import cmd_sweep
 from engine.config import SettingsError
@@ -34,7 +34,7 @@ from engine.config import SettingsError
 __all__ = ["COMMANDS", "main"]
 
 COMMANDS = {"make-tiny": cmd_make_tiny, "stylize": cmd_stylize, "sweep": cmd_sweep, "describe": cmd_describe,
-            "score": cmd_score, "serve": cmd_serve}
+            "score": cmd_score, "serve": cmd_serve, "drain": cmd_drain}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -88,6 +88,13 @@ def _add_serve(sub) -> None:
     sv.add_argument("--name", help="this worker's name in /admin status (default: HOST-PID)")
     sv.add_argument("--pipeline", metavar="MODULE:CALLABLE", help="a stand-in pipeline (benchmarks, tests)")
     _add_model_args(sv)
+    dr = sub.add_parser("drain", help="ask one GPU worker to finish its jobs and exit",
+                        description="Send a drain command to the worker NAME (as /admin status lists it): it takes "
+                                    "no new job, finishes what it holds, leaves and exits 0.", epilog=EPILOG)
+    dr.add_argument("worker", metavar="NAME")
+    dr.add_argument("--redis-url", metavar="URL", help="the queue's Redis (ZVL_REDIS_URL)")
+    dr.add_argument("--config", dest="config_file", metavar="TOML", help="settings file with profiles")
+    dr.add_argument("--profile", help="profile of the TOML file")
 
 
 def _add_make_tiny(sub) -> None:

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.cli._common import prepare_models, quiet_libraries, settings_from_args
-from engine.cli._errors import EXIT_OK, CliError, UsageError
+from engine.cli._errors import EXIT_OK, CliError, UsageError, one_line
 
-__all__ = ["cmd_serve", "default_name"]
+__all__ = ["cmd_drain", "cmd_serve", "default_name"]
 
 
 def default_name() -> str:
@@ -47,12 +47,17 @@ def _model_factory(settings: Any) -> Callable[[], Any]:
     return build
 
 
+def _queue_settings(args: argparse.Namespace, command: str) -> Any:
+    """The settings with ``--redis-url`` on top; a usage error when no queue is named."""
+    settings = settings_from_args(args, {"redis_url": args.redis_url} if args.redis_url else {})
+    if not settings.redis_url:
+        raise UsageError(f"{command} needs the queue's Redis: --redis-url URL (or ZVL_REDIS_URL)")
+    return settings
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve until stopped; exit 0 after a clean drain."""
-    extra = {"redis_url": args.redis_url} if args.redis_url else {}
-    settings = settings_from_args(args, extra)
-    if not settings.redis_url:
-        raise UsageError("serve needs the queue's Redis: --redis-url URL (or ZVL_REDIS_URL)")
+    settings = _queue_settings(args, "serve")
     quiet_libraries(args.debug)
     logging.basicConfig(level=logging.DEBUG if args.debug else settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -68,4 +73,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(serve(settings, name, factory, on_ready=lambda: print(f"serving as {name}", flush=True)))
     except ServeError as exc:
         raise CliError(str(exc)) from None
+    return EXIT_OK
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    """Ask the worker named ``args.worker`` to drain: it takes no new job, finishes what it holds (its jobs go back
+    first in line if they outlast the job timeout), leaves the registry and exits 0. Returns at once."""
+    settings = _queue_settings(args, "drain")
+    from engine.serving.redis.queue import RedisQueue  # imports redis: only for this command
+
+    async def send() -> int:
+        queue = RedisQueue.from_url(settings.redis_url, namespace=settings.redis_namespace)
+        try:
+            return await queue.publish(f"ctl:{args.worker}", {"op": "drain"})
+        finally:
+            await queue.aclose()
+
+    try:
+        reached = asyncio.run(send())
+    except Exception as exc:  # noqa: BLE001 - redis-py's connection errors: one line, no traceback
+        raise CliError(f"cannot reach the queue at {settings.redis_url}: {one_line(exc)}") from None
+    if not reached:
+        raise CliError(f"no worker named {args.worker!r} is listening on this queue (see /admin status)")
+    print(f"{args.worker}: draining (it finishes its jobs, then exits)")
     return EXIT_OK

@@ -21,9 +21,9 @@ from tests.engine.serving.support import Recorder, mkjob
 pytestmark = pytest.mark.slow
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str] | None = None, command: str = "serve") -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in (env or os.environ).items() if not k.startswith("ZVL_")}
-    return subprocess.run([sys.executable, "-m", "engine", "serve", *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "engine", command, *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
 
 
@@ -80,3 +80,17 @@ async def test_pause_and_resume_reach_the_workers(redis_server, tmp_path, engine
     engine.resume()
     assert (await asyncio.wait_for(engine.wait(job.id), 60)).status is JobStatus.DONE
     proc.stop()
+
+
+async def test_engine_drain_stops_the_named_worker_and_names_a_missing_one(redis_server, tmp_path, engine):
+    proc = WorkerProc(redis_server.url, "w1", tmp_path, lease_s=30.0).start()
+    await proc.ready()
+    unknown = await asyncio.to_thread(run_cli, "nobody", "--redis-url", redis_server.url, command="drain")
+    assert unknown.returncode == 1 and "no worker named 'nobody'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr and proc.proc.poll() is None  # w1 was not touched
+    done = await asyncio.to_thread(run_cli, "w1", "--redis-url", redis_server.url, command="drain")
+    assert done.returncode == 0 and "w1: draining" in done.stdout, done.stderr
+    assert await asyncio.to_thread(proc.proc.wait, 60) == 0
+    assert await fleet.live_workers(engine.queue) == []
+    usage = await asyncio.to_thread(run_cli, "w1", command="drain")
+    assert usage.returncode == 2 and "--redis-url" in usage.stderr
