@@ -46,7 +46,7 @@ def build(settings: Any, name: str, factory: Callable[[], PipelineLike], *, cach
 
 
 async def start_serving(worker: EngineWorker, member: FleetMember, sink: EventSink) -> list[asyncio.Task]:
-    """Start paused, load every model, then register and open the gate; the fleet tasks to cancel at the end."""
+    """Start paused, load every model, then open the gate and register; the fleet tasks to cancel at the end."""
     tasks = [asyncio.create_task(sink.run(), name="zvl-event-sink")]
     worker.pause()
     await worker.start()
@@ -57,8 +57,10 @@ async def start_serving(worker: EngineWorker, member: FleetMember, sink: EventSi
         await worker.stop(grace_s=0)
         raise ServeError(f"the models did not load: {report['error']}")
     tasks += member.tasks()
-    await member.register()
     worker.resume()
+    # Registered only once open: an entry written while the start-up pause held would read "paused" until the next
+    # beat, and whoever pauses the fleet would take that stale line for its own command having arrived.
+    await member.register()
     return tasks
 
 

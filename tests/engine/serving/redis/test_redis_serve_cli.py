@@ -72,6 +72,9 @@ async def test_pause_and_resume_reach_the_workers(redis_server, tmp_path, engine
         workers = await fleet.live_workers(engine.queue)
         return bool(workers) and workers[0].paused is flag
 
+    # once serving, the registry says so at once (an entry left from the start-up pause would let the wait below
+    # pass before the pause command had reached the worker)
+    assert await paused(False)
     engine.pause()
     await until(lambda: paused(True), "the worker to report itself paused")
     job = mkjob("A1")
